@@ -1,0 +1,43 @@
+"""Starting or joining Ray: a local Ray by default, an existing cluster with `ray.address`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Variables every Ray worker must see; set before ray.init so workers inherit them.
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool:
+    """Connect to Ray; returns True when this call started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    kwargs: dict = {
+        "include_dashboard": dashboard,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": {**WORKER_ENV, "WANDB_MODE": os.environ["WANDB_MODE"]}},
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))

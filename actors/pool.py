@@ -1,0 +1,126 @@
+"""RayBackend: a small pool of long-lived client workers, fed client tasks through the object store."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from engine.backend import OnResult
+from engine.client import ClientResult, ClientTask, WorkerSpec
+from engine.data.batching import Encoded
+from engine.errors import FedRayRuntimeError
+
+# Each worker gets this many tasks in flight, so it starts the next client as soon as one ends.
+IN_FLIGHT_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """The Ray resource request of one client worker (scheduling hints, not hard limits)."""
+
+    num_cpus: float
+    memory_bytes: int | None
+    num_gpus: float
+
+
+def pool_size(requested: int | str, clients_per_round: int, cpus: float, per_worker: float) -> int:
+    """Workers to start: as many as the cluster fits, never more than clients per round."""
+    if requested != "auto":
+        return int(requested)
+    fits = int(cpus // per_worker) if per_worker > 0 else clients_per_round
+    return max(1, min(clients_per_round, fits))
+
+
+class RayBackend:
+    def __init__(self, num_workers: int, resources: WorkerResources, timeout_s: float) -> None:
+        self.num_workers = num_workers
+        self.resources = resources
+        self.timeout_s = timeout_s
+        self.workers: list = []
+
+    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
+        from actors.worker import ClientWorker
+
+        train_ref, test_ref = ray.put(train), ray.put(test)  # shared, zero-copy in workers
+        opts: dict = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
+        if self.resources.memory_bytes:
+            opts["memory"] = self.resources.memory_bytes
+        self.workers = [
+            ClientWorker.options(**opts).remote(spec, train_ref, test_ref)
+            for _ in range(self.num_workers)
+        ]
+        infos = self._get([w.ready.remote() for w in self.workers], "starting client workers")
+        self._info = infos[0]
+
+    def _get(self, refs, what: str):
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except GetTimeoutError:
+            raise FedRayRuntimeError(
+                f"{what} took longer than resources.task_timeout_s={self.timeout_s:g}s "
+                "(too few cluster resources for the requested workers?)"
+            ) from None
+
+    def info(self) -> dict[str, int]:
+        return dict(self._info)
+
+    def initial_state(self) -> bytes:
+        return self._get(self.workers[0].initial_state.remote(), "reading the initial state")
+
+    def run_clients(
+        self, tasks: list[ClientTask], global_blob: bytes, on_result: OnResult
+    ) -> dict[int, ClientResult | Exception]:
+        blob_ref = ray.put(global_blob)  # one copy in the object store for all clients of the round
+        queue = deque(tasks)
+        pending: dict = {}  # ref -> (task, worker index)
+        load = [0] * len(self.workers)
+        out: dict[int, ClientResult | Exception] = {}
+
+        def submit() -> None:
+            while queue:
+                w = min(range(len(self.workers)), key=lambda i: load[i])
+                if load[w] >= IN_FLIGHT_PER_WORKER:
+                    return
+                task = queue.popleft()
+                ref = self.workers[w].train_client.remote(task, blob_ref)
+                pending[ref] = (task, w)
+                load[w] += 1
+
+        submit()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
+            if not done:
+                ids = sorted(t.client_id for t, _ in pending.values())
+                raise FedRayRuntimeError(
+                    f"no client task finished within resources.task_timeout_s={self.timeout_s:g}s "
+                    f"(waiting on clients {ids[:8]})"
+                )
+            task, w = pending.pop(done[0])
+            load[w] -= 1
+            try:
+                res = ray.get(done[0], timeout=self.timeout_s)
+                on_result(res)
+                out[task.client_id] = res
+            except (RayActorError, RayTaskError) as exc:
+                out[task.client_id] = exc
+            submit()
+        return out
+
+    def evaluate(
+        self, version: int, global_blob: bytes, shards: list[list[np.ndarray]]
+    ) -> list[list[dict]]:
+        blob_ref = ray.put(global_blob)
+        refs = [
+            self.workers[i % len(self.workers)].evaluate.remote(version, blob_ref, shard)
+            for i, shard in enumerate(shards)
+        ]
+        return self._get(refs, "evaluating the global model")
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

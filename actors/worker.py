@@ -1,0 +1,28 @@
+"""The client worker actor: a long-lived process that hosts one ClientRuntime."""
+
+from __future__ import annotations
+
+import ray
+
+from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec
+from engine.data.batching import Encoded
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class ClientWorker:
+    """Loads the frozen base model once; serves any number of virtual clients."""
+
+    def __init__(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
+        self.runtime = ClientRuntime(spec, train, test)
+
+    def ready(self) -> dict[str, int]:
+        return self.runtime.info()
+
+    def initial_state(self) -> bytes:
+        return self.runtime.initial_state()
+
+    def train_client(self, task: ClientTask, global_blob: bytes) -> ClientResult:
+        return self.runtime.train_client(task, global_blob)
+
+    def evaluate(self, version: int, global_blob: bytes, batches: list) -> list[dict]:
+        return self.runtime.evaluate(version, global_blob, batches)

@@ -1,0 +1,81 @@
+"""Checkpoints: safetensors + JSON (no pickle), written atomically, verified by checksum on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.safetensors"
+META_FILE = "meta.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    ckpt_dir: Path, round: int, state_blob: bytes, meta: dict[str, Any], keep: int
+) -> Path:
+    """Write checkpoints/round_NNNNN/ atomically (a folder renamed into place) and prune old ones."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"round_{round:05d}"
+    tmp = ckpt_dir / f".round_{round:05d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    atomic_write(tmp / STATE_FILE, state_blob)
+    meta = {**meta, "round": round, "state_sha256": hashlib.sha256(state_blob).hexdigest()}
+    atomic_write(tmp / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("round_*") if p.is_dir())
+
+
+def load_checkpoint(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """Read one checkpoint; raises ValueError if it is incomplete or its checksum does not match."""
+    meta_path, state_path = path / META_FILE, path / STATE_FILE
+    if not meta_path.is_file() or not state_path.is_file():
+        raise ValueError(f"{path} is incomplete")
+    meta = json.loads(meta_path.read_text())
+    if _sha256(state_path) != meta.get("state_sha256"):
+        raise ValueError(f"{path / STATE_FILE} does not match its checksum (corrupted)")
+    return state_path.read_bytes(), meta
+
+
+def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path, bytes, dict[str, Any]] | None:
+    """The newest checkpoint that verifies; corrupted ones are skipped with a warning."""
+    import warnings
+
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            blob, meta = load_checkpoint(path)
+        except (ValueError, json.JSONDecodeError) as exc:
+            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
+            continue
+        return path, blob, meta
+    return None

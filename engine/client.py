@@ -1,0 +1,125 @@
+"""The client runtime: one frozen base model, many virtual clients served by swapping trainable state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.cost import StepCostMeter, memory_estimate
+from engine.data.batching import Encoded
+from engine.ledger import deserialize_state, serialize_state
+from engine.methods import (
+    apply_method,
+    count_parameters,
+    get_method,
+    load_trainable_state,
+    trainable_state,
+)
+from engine.models import load_model
+from engine.train import TrainResult, TrainSpec, evaluate_batches, local_train
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build its model once (plain values from the config)."""
+
+    model_name: str
+    task: str
+    num_labels: int
+    vocab_size: int
+    pad_id: int
+    seed: int
+    method: str
+    method_fields: dict[str, Any]
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    round: int
+    client_id: int
+    rows: np.ndarray  # row indices of the client's local data in the train split
+    seed: int
+    spec: TrainSpec
+
+
+@dataclass
+class ClientResult:
+    round: int
+    client_id: int
+    blob: bytes  # the serialized trainable state the client uploads
+    bytes_down: int  # size of the global state it received
+    train: TrainResult
+    peak_memory_bytes: int
+    cpu_s: float  # thread CPU time of the task (not polluted by other processes)
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ClientRuntime:
+    """Holds one model instance; every task loads the global trainable state, trains, and uploads."""
+
+    def __init__(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
+        torch.set_num_threads(spec.torch_threads)
+        self.spec = spec
+        self.train_data = train
+        self.test_data = test
+        base = load_model(
+            spec.model_name, spec.task, spec.num_labels, spec.vocab_size, spec.seed, spec.pad_id
+        )
+        method = get_method(spec.method)
+        params = method.params_type(name=spec.method, **spec.method_fields)
+        torch.manual_seed(spec.seed)  # method init (e.g. LoRA A) is identical in every worker
+        self.model = apply_method(base, spec.task, params)
+        self.trainable, self.total = count_parameters(self.model)
+        self.meter = StepCostMeter(self.model.parameters())
+        self._global_key: int | None = None
+        self._global: dict[str, np.ndarray] = {}
+
+    def initial_state(self) -> bytes:
+        return serialize_state(trainable_state(self.model))
+
+    def info(self) -> dict[str, int]:
+        return {"trainable_params": self.trainable, "total_params": self.total}
+
+    def _load_global(self, key: int, blob: bytes) -> None:
+        # Deserialize once per round; every task of the round restarts from the same global state.
+        if key != self._global_key:
+            self._global = deserialize_state(blob)
+            self._global_key = key
+        load_trainable_state(self.model, self._global)
+
+    def train_client(self, task: ClientTask, global_blob: bytes) -> ClientResult:
+        t_wall, t_cpu = time.perf_counter(), time.thread_time()
+        # Round r (1-based) trains from global version r - 1 (the state after r - 1 rounds).
+        self._load_global(task.round - 1, global_blob)
+        result = local_train(
+            self.model, self.train_data, task.rows, task.spec, task.seed, self.meter
+        )
+        blob = serialize_state(trainable_state(self.model))
+        peak = memory_estimate(self.total, self.trainable, activation_bytes=result.activation_bytes)
+        return ClientResult(
+            round=task.round,
+            client_id=task.client_id,
+            blob=blob,
+            bytes_down=len(global_blob),
+            train=result,
+            peak_memory_bytes=peak,
+            cpu_s=time.thread_time() - t_cpu,
+            wall_s=time.perf_counter() - t_wall,
+        )
+
+    def evaluate(self, version: int, global_blob: bytes, batches: list[np.ndarray]) -> list[dict]:
+        self._load_global(version, global_blob)
+        return evaluate_batches(
+            self.model,
+            self.test_data,
+            batches,
+            self.spec.task,
+            self.spec.pad_id,
+            self.spec.num_labels,
+        )

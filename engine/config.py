@@ -1,0 +1,222 @@
+"""The run config: a typed pydantic schema, YAML loading and dotted `key=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import ConfigError
+from engine.methods import method_params_union
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    # An embedded name (all-minilm-l6-v2), a tiny random builder (tiny-bert-random), a hub name or a local path.
+    name: str = "all-minilm-l6-v2"
+    task: Literal["classification", "causal_lm"] = "classification"
+    max_length: int = Field(128, ge=8, le=8192)
+
+
+class PartitionConfig(_Section):
+    kind: Literal["iid", "dirichlet", "natural"] = "iid"
+    alpha: float | None = Field(None, gt=0)  # Dirichlet concentration; required for kind=dirichlet
+
+
+class DataConfig(_Section):
+    # An embedded name (amazon_reviews, fortunes, austen), a local .csv/.jsonl/.parquet path, or hf:<name>[:<config>].
+    name: str = "amazon_reviews"
+    text_key: str = "text"
+    label_key: str | None = "label"
+    group_key: str | None = None  # column of the natural split (category, book)
+    train_split: str = "train"
+    test_split: str = "test"
+    max_train_samples: int | None = Field(None, ge=1)
+    max_test_samples: int | None = Field(None, ge=1)
+    partition: PartitionConfig = PartitionConfig()
+
+    @model_validator(mode="after")
+    def _alpha_for_dirichlet(self) -> DataConfig:
+        if self.partition.kind == "dirichlet" and self.partition.alpha is None:
+            raise ValueError("partition.alpha: dirichlet needs alpha > 0 (e.g. 1.0)")
+        return self
+
+
+class FederationConfig(_Section):
+    num_clients: int = Field(10, ge=1)
+    clients_per_round: int = Field(5, ge=1)
+    rounds: int = Field(5, ge=1)
+    aggregation: Literal["weighted", "unweighted"] = "weighted"
+
+    @model_validator(mode="after")
+    def _fits(self) -> FederationConfig:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round: {self.clients_per_round} > federation.num_clients "
+                f"({self.num_clients}); lower it or add clients"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)  # when set, overrides local_epochs
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float | None = Field(None, gt=0)  # None: the method's default learning rate
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    group_by_length: bool = True
+
+
+class EvalConfig(_Section):
+    every: int = Field(
+        1, ge=1
+    )  # evaluate the global model every N rounds (and always after the last)
+    batch_size: int = Field(64, ge=1)
+
+
+class ResourcesConfig(_Section):
+    num_workers: int | Literal["auto"] = "auto"
+    client_num_cpus: float = Field(1.0, gt=0)
+    client_memory_mb: int | None = Field(None, ge=1)
+    client_num_gpus: float = Field(0.0, ge=0)
+    device_profile: str = "laptop"
+    task_timeout_s: float = Field(900.0, gt=0)
+    torch_threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _workers(self) -> ResourcesConfig:
+        if isinstance(self.num_workers, int) and self.num_workers < 1:
+            raise ValueError("num_workers: must be >= 1 or 'auto'")
+        return self
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: start a local Ray; "auto" or host:port: connect to a cluster
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only
+    dashboard: bool = False
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(1, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class WandbConfig(_Section):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "fedray"
+    entity: str | None = None
+    log_artifact: bool = True
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    seed: int = 0
+    algorithm: Literal["fedavg", "centralized"] = "fedavg"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: method_params_union() = Field(default_factory=lambda: _default_method())  # type: ignore[valid-type]
+    federation: FederationConfig = FederationConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    wandb: WandbConfig = WandbConfig()
+
+
+def _default_method() -> Any:
+    from engine.methods import get_method
+
+    return get_method("lora").params_type(name="lora")
+
+
+def parse_value(text: str) -> Any:
+    """A CLI override value is YAML: `3` is an int, `1e-3` a float, `[a, b]` a list, `null` None."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    # YAML 1.1 reads 1e-3 as a string; the user meant a number.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict (a copy); unknown keys are caught by the schema."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key.path=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_value(text)
+    return out
+
+
+def _error_from_validation(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    # Discriminated unions insert the tag into the location (method.lora.r): drop it.
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] not in {"name"}:
+        loc = [loc[0], *loc[2:]] if len(loc) > 2 else loc
+    key = ".".join(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return ConfigError(key, "unknown key; check its spelling against docs/config.md")
+    if kind == "union_tag_invalid":
+        return ConfigError("method.name", f"unknown method {err['input'].get('name')!r}; {msg}")
+    if kind == "missing":
+        return ConfigError(key, "is required")
+    if ": " in msg and kind == "value_error":
+        sub, _, rest = msg.partition(": ")
+        return ConfigError(f"{key}.{sub}" if key else sub, rest)
+    return ConfigError(key or "config", f"{msg} (got {err.get('input')!r})")
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config", "the top level must be a mapping of sections")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _error_from_validation(exc) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("CONFIG", f"no such file {str(p)!r}; pass the path of a YAML config")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("CONFIG", f"{p} is not valid YAML{where}; fix the syntax") from None
+    return raw or {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply dotted overrides and validate it against the schema."""
+    return validate_config(apply_overrides(read_yaml(path), overrides or []))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

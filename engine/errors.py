@@ -1,0 +1,16 @@
+"""User-facing error types: a ConfigError names the offending key and the fix (exit status 2)."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A bad config, a bad CLI argument or an unusable input, reported as one line and exit status 2."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class FedRayRuntimeError(RuntimeError):
+    """A failure during a run (exit status 1); the run directory stays resumable."""

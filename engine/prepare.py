@@ -1,0 +1,123 @@
+"""Turn a validated config into plain run inputs; every user error surfaces here, before Ray starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.clock import DeviceProfile, load_device_profile
+from engine.config import RunConfig
+from engine.data.batching import Encoded, encode, eval_batches
+from engine.data.partition import label_histograms, make_partition
+from engine.data.sources import TextSplits, load_text_dataset
+from engine.errors import ConfigError
+from engine.methods import get_method
+from engine.models import check_model_loadable, load_tokenizer
+from engine.train import TrainSpec
+
+
+@dataclass
+class Prepared:
+    splits: TextSplits
+    train: Encoded
+    test: Encoded
+    parts: list[np.ndarray]  # row indices per client
+    histograms: list[list[int]]
+    profile: DeviceProfile
+    train_spec: TrainSpec
+    lr: float
+    pad_id: int
+    vocab_size: int
+
+
+def _encode_splits(cfg: RunConfig, splits: TextSplits, tok) -> tuple[Encoded, Encoded]:
+    n = cfg.model.max_length
+    return (
+        encode(splits.train_texts, splits.train_labels, tok, n),
+        encode(splits.test_texts, splits.test_labels, tok, n),
+    )
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    d = cfg.data
+    if cfg.model.task == "classification" and d.label_key is None:
+        raise ConfigError(
+            "data.label_key", "classification needs a label column; set data.label_key"
+        )
+    splits = load_text_dataset(
+        d.name,
+        text_key=d.text_key,
+        label_key=d.label_key if cfg.model.task == "classification" else None,
+        group_key=d.group_key,
+        train_split=d.train_split,
+        test_split=d.test_split,
+        max_train_samples=d.max_train_samples,
+        max_test_samples=d.max_test_samples,
+        seed=cfg.seed,
+    )
+    if cfg.model.task == "classification" and splits.num_labels < 2:
+        raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
+    check_model_loadable(cfg.model.name)
+    tok = load_tokenizer(cfg.model.name)
+    profile = load_device_profile(cfg.resources.device_profile)
+    fed = cfg.federation
+    if fed.num_clients > len(splits.train_texts):
+        raise ConfigError(
+            "federation.num_clients",
+            f"{fed.num_clients} clients > {len(splits.train_texts)} training rows; use fewer clients",
+        )
+    parts = make_partition(
+        d.partition.kind,
+        labels=splits.train_labels,
+        groups=splits.train_groups,
+        num_clients=fed.num_clients,
+        alpha=d.partition.alpha,
+        seed=cfg.seed,
+    )
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ConfigError(
+            "federation.num_clients", f"clients {empty[:5]} get no data; use fewer clients"
+        )
+    train, test = _encode_splits(cfg, splits, tok)
+    hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
+    method = get_method(cfg.method.name)
+    lr = cfg.train.lr or cfg.method.lr or method.default_lr
+    t = cfg.train
+    spec = TrainSpec(
+        batch_size=t.batch_size,
+        epochs=t.local_epochs,
+        steps=t.local_steps,
+        lr=lr,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        group_by_length=t.group_by_length,
+        task=cfg.model.task,
+        pad_id=int(tok.pad_token_id),
+    )
+    return Prepared(
+        splits=splits,
+        train=train,
+        test=test,
+        parts=parts,
+        histograms=hist,
+        profile=profile,
+        train_spec=spec,
+        lr=lr,
+        pad_id=int(tok.pad_token_id),
+        vocab_size=len(tok),
+    )
+
+
+def eval_shards(test: Encoded, batch_size: int, num_shards: int) -> list[list[np.ndarray]]:
+    """Fixed eval batches dealt round-robin into shards (batch i goes to shard i % num_shards)."""
+    batches = eval_batches(len(test), test.lengths, batch_size)
+    return [batches[i::num_shards] for i in range(num_shards) if batches[i::num_shards]]
+
+
+def unshard(results: list[list[dict]]) -> list[dict]:
+    """Per-batch results back in batch order from round-robin shards."""
+    n = sum(len(r) for r in results)
+    return [results[i % len(results)][i // len(results)] for i in range(n)]

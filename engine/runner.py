@@ -1,0 +1,202 @@
+"""Drive a federated run: run directory, Ray pool, rounds, checkpoints, summary; and resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from engine import rundir
+from engine.algorithms.fedavg import RoundInputs, evaluate_global, run_round
+from engine.checkpoint import latest_good_checkpoint, save_checkpoint
+from engine.client import WorkerSpec
+from engine.config import RunConfig, dump_config, load_config
+from engine.errors import ConfigError
+from engine.ledger import Ledger
+from engine.prepare import Prepared, prepare
+from engine.summary import best_of, build_summary, print_table
+from engine.tracking import Tracker
+
+
+def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
+    fields = cfg.method.model_dump(exclude={"name", "lr"})
+    return WorkerSpec(
+        model_name=cfg.model.name,
+        task=cfg.model.task,
+        num_labels=prep.splits.num_labels,
+        vocab_size=prep.vocab_size,
+        pad_id=prep.pad_id,
+        seed=cfg.seed,
+        method=cfg.method.name,
+        method_fields=fields,
+        torch_threads=cfg.resources.torch_threads,
+    )
+
+
+def make_backend(cfg: RunConfig, address: str | None = None):
+    """Start (or join) Ray and size the client worker pool from config and cluster resources."""
+    from actors.cluster import cluster_cpus, init_ray
+    from actors.pool import RayBackend, WorkerResources, pool_size
+
+    init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    r = cfg.resources
+    n = pool_size(
+        r.num_workers, cfg.federation.clients_per_round, cluster_cpus(), r.client_num_cpus
+    )
+    mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
+    return RayBackend(
+        n, WorkerResources(r.client_num_cpus, mem, r.client_num_gpus), r.task_timeout_s
+    )
+
+
+def _partition_record(prep: Prepared) -> dict[str, Any]:
+    return {
+        "num_clients": len(prep.parts),
+        "label_names": prep.splits.label_names,
+        "clients": [
+            {"client": i, "size": int(len(p)), "label_histogram": h}
+            for i, (p, h) in enumerate(zip(prep.parts, prep.histograms, strict=True))
+        ],
+    }
+
+
+def start_run(
+    cfg: RunConfig, out: str | None = None, address: str | None = None, backend=None
+) -> Path:
+    """Validate inputs, create the run directory and run every round."""
+    prep = prepare(cfg)  # every user error is raised here, before anything is written
+    run_dir = rundir.new_run_dir(out, cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
+    rundir.write_json(run_dir / rundir.PARTITION, _partition_record(prep))
+    return _execute(cfg, prep, run_dir, address, backend, resume_from=None)
+
+
+def resume_run(run_dir: str | Path, address: str | None = None, backend=None) -> Path:
+    """Continue a run from its newest verified checkpoint; the result equals an uninterrupted run."""
+    path = Path(run_dir)
+    if not (path / rundir.CONFIG).is_file():
+        raise ConfigError(
+            "RUN_DIR", f"{path} holds no {rundir.CONFIG}; pass a fedray run directory"
+        )
+    cfg = load_config(path / rundir.CONFIG)
+    prep = prepare(cfg)
+    found = latest_good_checkpoint(path / rundir.CHECKPOINTS)
+    return _execute(cfg, prep, path, address, backend, resume_from=found)
+
+
+def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
+    return RoundInputs(
+        num_clients=cfg.federation.num_clients,
+        clients_per_round=cfg.federation.clients_per_round,
+        weighted=cfg.federation.aggregation == "weighted",
+        seed=cfg.seed,
+        spec=prep.train_spec,
+        profile=prep.profile,
+        eval_batch_size=cfg.eval.batch_size,
+        task=cfg.model.task,
+    )
+
+
+def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
+    if cfg.algorithm == "centralized":
+        from engine.algorithms.centralized import run_centralized
+
+        return run_centralized(cfg, prep, run_dir, address)
+    t_start = time.perf_counter()
+    backend = backend or make_backend(cfg, address)
+    backend.start(worker_spec(cfg, prep), prep.train, prep.test)
+    info = backend.info()
+    start_s = time.perf_counter() - t_start
+    ledger, first, wall0, virtual = Ledger(), 1, 0.0, 0.0
+    blob = backend.initial_state()
+    if resume_from is not None:
+        _, blob, meta = resume_from
+        ledger = Ledger.from_state_dict(meta["ledger"])
+        first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
+        rundir.truncate_metrics(run_dir, meta["round"])
+        _truncate_clients(run_dir, meta["round"])
+    elif (run_dir / rundir.METRICS).exists():
+        rundir.truncate_metrics(run_dir, 0)  # resumed before the first checkpoint: start over
+        _truncate_clients(run_dir, 0)
+    history = rundir.read_metrics(run_dir)
+    tracker = Tracker(cfg, run_dir)
+    inp = _round_inputs(cfg, prep)
+    rounds = cfg.federation.rounds
+    try:
+        for rnd in range(first, rounds + 1):
+            t0 = time.perf_counter()
+            bar = tqdm(
+                total=inp.clients_per_round,
+                desc=f"round {rnd}/{rounds}",
+                unit="client",
+                leave=False,
+                file=sys.stderr,
+                disable=None,
+            )
+            out = run_round(
+                rnd, blob, inp, prep, backend, ledger, lambda _r, bar=bar: bar.update(1)
+            )
+            bar.close()
+            blob = out.blob
+            record = out.record
+            if rnd % cfg.eval.every == 0 or rnd == rounds:
+                record.update(
+                    evaluate_global(rnd, blob, prep, backend, cfg.eval.batch_size, inp.task)
+                )
+            virtual += record["time/round_virtual_s"]
+            record["time/virtual_s"] = virtual
+            record["time/round_wall_s"] = time.perf_counter() - t0
+            record["time/wall_s"] = wall0 + time.perf_counter() - t_start
+            rundir.append_metrics(run_dir, record)
+            _append_clients(run_dir, out.clients)
+            history.append(record)
+            tracker.log(record)
+            _print_round(record)
+            if rnd % cfg.checkpoint.every == 0 or rnd == rounds:
+                meta = {
+                    "ledger": ledger.state_dict(),
+                    "wall_s": record["time/wall_s"],
+                    "virtual_s": virtual,
+                }
+                save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, blob, meta, cfg.checkpoint.keep)
+        summary = build_summary(history, ledger, info, cfg, start_s, virtual)
+        rundir.write_json(run_dir / rundir.SUMMARY, summary)
+        tracker.finish(summary, blob)
+    finally:
+        backend.shutdown()
+    print_table(cfg, summary, best_of(history), run_dir)
+    return run_dir
+
+
+def _append_clients(run_dir: Path, rows: list[dict]) -> None:
+    with (run_dir / "clients.jsonl").open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+def _truncate_clients(run_dir: Path, last_round: int) -> None:
+    path = run_dir / "clients.jsonl"
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if _round_of(ln) <= last_round]
+        rundir.atomic_write(path, "".join(ln + "\n" for ln in keep))
+
+
+def _round_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["round"])
+    except (json.JSONDecodeError, KeyError):
+        return 1 << 30
+
+
+def _print_round(record: dict[str, Any]) -> None:
+    acc = record.get("eval/accuracy")
+    msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
+    if acc is not None:
+        msg += f", eval accuracy {acc:.4f}, eval loss {record['eval/loss']:.4f}"
+    msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up, {record['time/round_wall_s']:.1f}s"
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,99 @@
+"""summary.json (final and best metrics, totals) and the results table printed at the end of a run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.ledger import Ledger
+
+# Metrics where lower is better; every other eval metric is maximised.
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
+def best_of(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """For each eval metric, its best value and the round it was reached (first one on ties)."""
+    best: dict[str, dict[str, float]] = {}
+    for rec in history:
+        for key, value in rec.items():
+            if not key.startswith("eval/") or not isinstance(value, int | float) or "wall" in key:
+                continue
+            name = key.removeprefix("eval/")
+            lower = name in LOWER_IS_BETTER
+            cur = best.get(name)
+            if cur is None or (value < cur["value"] if lower else value > cur["value"]):
+                best[name] = {"value": float(value), "round": int(rec["round"])}
+    return best
+
+
+def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    for rec in reversed(history):
+        found = {k.removeprefix("eval/"): v for k, v in rec.items() if k.startswith("eval/")}
+        if found:
+            return found
+    return {}
+
+
+def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_s: float) -> dict:
+    per_client = [c for r in ledger.rounds() for c in ledger.round_totals(r)["per_client"].values()]
+    up = ledger.total_bytes("up")
+    down = ledger.total_bytes("down")
+    return {
+        "name": cfg.name,
+        "algorithm": cfg.algorithm,
+        "method": cfg.method.name,
+        "metrics": final_metrics(history),
+        "best": best_of(history),
+        "rounds_completed": len(history),
+        "comm_bytes_up": up,
+        "comm_bytes_down": down,
+        "comm_bytes_total": up + down,
+        "bytes_up_per_client_round": float(np.mean([c["up"] for c in per_client]))
+        if per_client
+        else 0.0,
+        "client_flops_per_round": float(np.mean([c["flops"] for c in per_client]))
+        if per_client
+        else 0.0,
+        "client_peak_memory_bytes": int(
+            max((c["peak_memory_bytes"] for c in per_client), default=0)
+        ),
+        "trainable_params": info["trainable_params"],
+        "total_params": info["total_params"],
+        "wall_s": history[-1]["time/wall_s"] if history else 0.0,
+        "startup_s": startup_s,
+        "virtual_s": virtual_s,
+    }
+
+
+def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
+    """A plain, aligned results table on stdout."""
+    rows = [
+        ("run directory", str(run_dir)),
+        ("algorithm / method", f"{cfg.algorithm} / {cfg.method.name}"),
+    ]
+    for name, value in summary["metrics"].items():
+        if "wall" in name:
+            continue
+        b = best.get(name)
+        extra = f"   (best {b['value']:.4f} @ round {b['round']})" if b else ""
+        rows.append((f"eval {name}", f"{value:.4f}{extra}"))
+    rows += [
+        ("rounds", str(summary["rounds_completed"])),
+        (
+            "trainable / total params",
+            f"{summary['trainable_params']:,} / {summary['total_params']:,}",
+        ),
+        ("MB up per client per round", f"{summary['bytes_up_per_client_round'] / 1e6:.4f}"),
+        ("MB communicated (total)", f"{summary['comm_bytes_total'] / 1e6:.2f}"),
+        ("client GFLOPs per round", f"{summary['client_flops_per_round'] / 1e9:.2f}"),
+        ("client peak memory (MB)", f"{summary['client_peak_memory_bytes'] / 2**20:.1f}"),
+        ("virtual time (s)", f"{summary['virtual_s']:.1f}"),
+        ("wall time (s)", f"{summary['wall_s']:.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 40)
+    out = [line] + [f"{k.ljust(width)}  {v}" for k, v in rows] + [line]
+    print("\n".join(out), file=sys.stdout, flush=True)

@@ -1,0 +1,182 @@
+"""A client's local training and the sharded evaluation of a model (the math every backend runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.cost import StepCostMeter
+from engine.data.batching import Encoded, collate, make_batches
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on (seed, round, client, ...), never on scheduling."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a client trains locally (plain values built from the config)."""
+
+    batch_size: int
+    epochs: int
+    steps: int | None
+    lr: float
+    optimizer: str
+    weight_decay: float
+    max_grad_norm: float | None
+    group_by_length: bool
+    task: str
+    pad_id: int
+
+
+def _lm_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    return {**batch, "labels": labels}
+
+
+def model_inputs(batch: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    return _lm_labels(batch) if task == "causal_lm" else batch
+
+
+def _optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    num_samples: int
+    steps: int
+    loss: float  # mean training loss over steps
+    flops: float  # forward + backward FLOPs of all steps
+    activation_bytes: int  # largest saved-for-backward footprint of any step
+    tokens: int  # padded token positions processed
+
+
+def local_train(
+    model: torch.nn.Module,
+    enc: Encoded,
+    rows: np.ndarray,
+    spec: TrainSpec,
+    seed: int,
+    meter: StepCostMeter,
+) -> TrainResult:
+    """Train `model` in place on rows of `enc`; all randomness comes from `seed`."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # dropout
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(params, spec)
+    model.train()
+    lengths = enc.lengths
+    losses: list[float] = []
+    flops = 0.0
+    act = tokens = 0
+    epoch = 0
+    while True:
+        batches = make_batches(rows, lengths, spec.batch_size, rng, spec.group_by_length)
+        for rows_b in batches:
+            batch = model_inputs(collate(enc, rows_b, spec.pad_id), spec.task)
+
+            def step(batch=batch) -> float:
+                loss = model(**batch).loss
+                loss.backward()
+                return float(loss.detach())
+
+            loss, cost = meter.measure(tuple(batch["input_ids"].shape), step)
+            if spec.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss)
+            flops += cost.flops
+            act = max(act, cost.activation_bytes)
+            tokens += int(batch["input_ids"].numel())
+            if spec.steps is not None and len(losses) >= spec.steps:
+                break
+        epoch += 1
+        done_steps = spec.steps is not None and len(losses) >= spec.steps
+        if done_steps or (spec.steps is None and epoch >= spec.epochs):
+            break
+    return TrainResult(
+        num_samples=len(rows),
+        steps=len(losses),
+        loss=float(np.mean(losses)) if losses else float("nan"),
+        flops=flops,
+        activation_bytes=act,
+        tokens=tokens,
+    )
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: torch.nn.Module,
+    enc: Encoded,
+    batches: list[np.ndarray],
+    task: str,
+    pad_id: int,
+    num_labels: int,
+) -> list[dict]:
+    """Per-batch sums (loss_sum, count, hits, confusion), so any sharding merges to the same totals."""
+    model.eval()
+    k = max(num_labels, 1)
+    out = []
+    for rows_b in batches:
+        batch = model_inputs(collate(enc, rows_b, pad_id), task)
+        logits = model(**{n: v for n, v in batch.items() if n != "labels"}).logits
+        confusion = np.zeros((k, k), dtype=np.int64)
+        if task == "causal_lm":
+            # Next-token prediction: logits [b, t, v] at position i predict token i + 1.
+            shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+            mask = shift_labels != -100
+            ce = F.cross_entropy(shift_logits[mask].float(), shift_labels[mask], reduction="sum")
+            count = int(mask.sum())
+            hits = int((shift_logits.argmax(-1)[mask] == shift_labels[mask]).sum())
+        else:
+            labels = batch["labels"]
+            ce = F.cross_entropy(logits.float(), labels, reduction="sum")
+            count, hits = len(labels), 0
+            np.add.at(confusion, (labels.numpy(), logits.argmax(-1).numpy()), 1)
+        out.append({"loss_sum": float(ce), "count": count, "hits": hits, "confusion": confusion})
+    return out
+
+
+def merge_eval(parts: list[dict]) -> dict:
+    """Add per-batch sums in batch order (the same order whatever the sharding)."""
+    out = {"loss_sum": 0.0, "count": 0, "hits": 0, "confusion": None}
+    for p in parts:
+        out["loss_sum"] += p["loss_sum"]
+        out["count"] += p["count"]
+        out["hits"] += p["hits"]
+        out["confusion"] = (
+            p["confusion"] if out["confusion"] is None else out["confusion"] + p["confusion"]
+        )
+    return out
+
+
+def eval_metrics(sums: dict, task: str) -> dict[str, float]:
+    """accuracy, macro-F1 and mean loss (classification); loss, perplexity and token accuracy (LM)."""
+    n = max(sums["count"], 1)
+    loss = sums["loss_sum"] / n
+    if task == "causal_lm":
+        return {
+            "loss": loss,
+            "perplexity": float(np.exp(min(loss, 50.0))),
+            "accuracy": sums["hits"] / n,
+        }
+    cm = np.asarray(sums["confusion"], dtype=np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    present = (support + predicted) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1), 0.0)
+    return {
+        "accuracy": float(tp.sum() / n),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "loss": loss,
+    }

@@ -1,0 +1,48 @@
+"""Shared fixtures: one Ray session for every Ray test, quiet libraries, tiny run configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (2 CPUs) for the whole test session."""
+    import ray
+
+    from actors.cluster import init_ray
+
+    init_ray(None, 2, False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_overrides(**extra: object) -> list[str]:
+    """A run that takes seconds: tiny random BERT, 200 reviews, 3 rounds of 2 local steps."""
+    base = {
+        "name": "tiny",
+        "model.name": "tiny-bert-random",
+        "model.max_length": 64,
+        "data.max_train_samples": 200,
+        "data.max_test_samples": 64,
+        "data.partition.kind": "iid",
+        "data.partition.alpha": None,
+        "federation.num_clients": 6,
+        "federation.clients_per_round": 3,
+        "federation.rounds": 3,
+        "train.local_steps": 2,
+        "train.batch_size": 8,
+        "eval.every": 1,
+        "eval.batch_size": 16,
+        "wandb.mode": "disabled",
+    }
+    base.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in base.items()]

@@ -1,0 +1,1 @@
+"""Ray Tune integration for fedray sweeps."""
