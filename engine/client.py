@@ -36,6 +36,7 @@ class WorkerSpec:
     method: str
     method_fields: dict[str, Any]
     torch_threads: int = 1
+    pooling: str = "cls"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,13 @@ class ClientRuntime:
         self.train_data = train
         self.test_data = test
         base = load_model(
-            spec.model_name, spec.task, spec.num_labels, spec.vocab_size, spec.seed, spec.pad_id
+            spec.model_name,
+            spec.task,
+            spec.num_labels,
+            spec.vocab_size,
+            spec.seed,
+            spec.pad_id,
+            spec.pooling,
         )
         method = get_method(spec.method)
         params = method.params_type(name=spec.method, **spec.method_fields)

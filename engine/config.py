@@ -22,6 +22,9 @@ class ModelConfig(_Section):
     name: str = "all-minilm-l6-v2"
     task: Literal["classification", "causal_lm"] = "classification"
     max_length: int = Field(128, ge=8, le=8192)
+    # Sentence representation of encoder classifiers: auto = what the checkpoint declares
+    # (mean for sentence encoders such as all-MiniLM), cls = BERT's [CLS] pooler.
+    pooling: Literal["auto", "cls", "mean"] = "auto"
 
 
 class PartitionConfig(_Section):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import ConfigError
+from engine.pooling import declared_pooling, use_mean_pooling
 from engine.registry import Registry
 
 EMBEDDED_MODELS: Registry[Callable[[], str]] = Registry("embedded model")
@@ -106,8 +107,21 @@ def check_model_loadable(name: str) -> None:
         raise ConfigError("model.name", f"cannot load {name!r}{hint}: {_short(exc)}") from None
 
 
+def resolve_pooling(name: str, pooling: str) -> str:
+    """`auto` means what the checkpoint declares (mean for sentence encoders such as all-MiniLM)."""
+    if pooling != "auto":
+        return pooling
+    return "cls" if name in TINY_MODELS else declared_pooling(resolve_model_path(name))
+
+
 def load_model(
-    name: str, task: str, num_labels: int, vocab_size: int, seed: int, pad_token_id: int | None
+    name: str,
+    task: str,
+    num_labels: int,
+    vocab_size: int,
+    seed: int,
+    pad_token_id: int | None,
+    pooling: str = "cls",
 ) -> torch.nn.Module:
     """Build the base model; seeded so randomly initialised parts are identical in every process."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -124,6 +138,8 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
+    if task == "classification" and pooling == "mean" and not use_mean_pooling(model):
+        raise ConfigError("model.pooling", f"{name} has no pooler to replace; use pooling: cls")
     return model
 
 

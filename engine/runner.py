@@ -17,6 +17,7 @@ from engine.client import WorkerSpec
 from engine.config import RunConfig, dump_config, load_config
 from engine.errors import ConfigError
 from engine.ledger import Ledger
+from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
 from engine.summary import best_of, build_summary, print_table
 from engine.tracking import Tracker
@@ -34,6 +35,7 @@ def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
         method=cfg.method.name,
         method_fields=fields,
         torch_threads=cfg.resources.torch_threads,
+        pooling=resolve_pooling(cfg.model.name, cfg.model.pooling),
     )
 
 
