@@ -36,8 +36,11 @@ def pool_size(requested: int | str, clients_per_round: int, cpus: float, per_wor
 
 
 class RayBackend:
-    def __init__(self, num_workers: int, resources: WorkerResources, timeout_s: float) -> None:
+    def __init__(
+        self, num_workers: int, resources: WorkerResources, timeout_s: float, owns_ray: bool = False
+    ) -> None:
         self.num_workers = num_workers
+        self.owns_ray = owns_ray
         self.resources = resources
         self.timeout_s = timeout_s
         self.workers: list = []
@@ -124,3 +127,5 @@ class RayBackend:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        if self.owns_ray:
+            ray.shutdown()

@@ -88,13 +88,16 @@ class ClientRuntime:
         self._global: dict[str, np.ndarray] = {}
 
     def initial_state(self) -> bytes:
+        """The model's current trainable state; a run starts from it (version 0), so the cache resets."""
+        self._global_key = None
         return serialize_state(trainable_state(self.model))
 
     def info(self) -> dict[str, int]:
         return {"trainable_params": self.trainable, "total_params": self.total}
 
     def _load_global(self, key: int, blob: bytes) -> None:
-        # Deserialize once per round; every task of the round restarts from the same global state.
+        # Deserialize once per version (global state after `key` rounds of this run); every task
+        # of a round restarts from the same global state.
         if key != self._global_key:
             self._global = deserialize_state(blob)
             self._global_key = key

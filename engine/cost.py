@@ -62,20 +62,35 @@ class StepCostMeter:
     def __init__(self, params: Iterable[torch.Tensor] = ()) -> None:
         self._excluded = {p.untyped_storage().data_ptr() for p in params}
         self._cache: dict[Hashable, StepCost] = {}
-        self._fits: dict[int, LengthFit] = {}
-        self.instrumented_steps = 0  # how many steps ran under instrumentation
+        self._flops = QuadraticFit()  # per-sample FLOPs vs length (exactly linear in batch size)
+        self._bytes: dict[int, QuadraticFit] = {}  # saved bytes vs length, per batch size
+        self.instrumented_steps = 0  # how many steps ran under FlopCounterMode
 
     def measure(self, key: Hashable, step_fn: Callable[[], Any]) -> tuple[Any, StepCost]:
         """Run `step_fn` (forward + backward), instrumented only if `key` is unseen; (result, cost).
 
-        A key `(batch, length)` whose batch size has a verified `LengthFit` is predicted, not
-        measured: with dynamic padding nearly every batch has a new length.
+        For a key `(batch, length)` the costs are predicted once their fits are verified: with
+        dynamic padding nearly every batch has a new length. FLOPs are exactly batch x per-sample
+        cost; saved bytes also hold per-batch terms, so their fit is per batch size and, until it
+        is verified, they are counted by the cheap saved-tensor hook alone.
         """
         cost = self._cache.get(key)
-        if cost is None and _is_shape(key) and (fit := self._fits.get(key[0])) and fit.ready:
-            cost = self._cache[key] = fit.predict(key[1])
         if cost is not None:
             return step_fn(), cost
+        shape = _is_shape(key)
+        if shape and self._flops.ready:
+            b, t = key
+            flops = b * self._flops.predict(t)
+            fit = self._bytes.setdefault(b, QuadraticFit())
+            if fit.ready:
+                cost = self._cache[key] = StepCost(flops, int(round(fit.predict(t))))
+                return step_fn(), cost
+            counter = _SavedTensorCounter(self._excluded)
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                result = step_fn()
+            fit.add(t, counter.nbytes)
+            cost = self._cache[key] = StepCost(flops, counter.nbytes)
+            return result, cost
         counter = _SavedTensorCounter(self._excluded)
         with (
             FlopCounterMode(display=False) as flop_mode,
@@ -85,8 +100,10 @@ class StepCostMeter:
         self.instrumented_steps += 1
         cost = StepCost(flops=float(flop_mode.get_total_flops()), activation_bytes=counter.nbytes)
         self._cache[key] = cost
-        if _is_shape(key):
-            self._fits.setdefault(key[0], LengthFit()).add(key[1], cost)
+        if shape:
+            b, t = key
+            self._flops.add(t, cost.flops / b)
+            self._bytes.setdefault(b, QuadraticFit()).add(t, cost.activation_bytes)
         return result, cost
 
     def cached(self, key: Hashable) -> StepCost | None:
@@ -98,44 +115,34 @@ def _is_shape(key: Hashable) -> bool:
     return isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) for k in key)
 
 
-class LengthFit:
-    """Per-sequence cost of a transformer step at one batch size as a function of length t.
+class QuadraticFit:
+    """value(t) = a*t + c*t^2 + d, the cost form of a transformer step in the sequence length t.
 
-    Linear layers cost O(t), attention O(t^2), a pooled head O(1), so both FLOPs and saved bytes
-    are exactly a*t + c*t^2 + d. Three measured lengths determine it; it is used only once a
-    fourth (and every later) measurement agrees with the fit, so a model of another shape never
-    gets a wrong prediction, only more measurements.
+    Linear layers cost O(t), attention O(t^2), a pooled head O(1). Three lengths determine the fit;
+    it is used only once a fourth and every later point agree with it (relative 1e-6), so a model
+    whose costs take another form is never mispredicted, only measured more often.
     """
 
     MIN_POINTS = 4
 
     def __init__(self) -> None:
-        self.points: list[tuple[int, StepCost]] = []
-        self.coef: tuple[np.ndarray, np.ndarray] | None = None
+        self.points: dict[int, float] = {}
+        self.coef: np.ndarray | None = None
         self.ready = False
 
-    def add(self, t: int, cost: StepCost) -> None:
-        if any(t == p for p, _ in self.points):
-            return
-        self.points.append((t, cost))
+    def add(self, t: int, value: float) -> None:
+        self.points[t] = float(value)
         if len(self.points) < self.MIN_POINTS:
             return
-        ts = np.array([p for p, _ in self.points], dtype=np.float64)
+        ts = np.array(list(self.points), dtype=np.float64)
+        ys = np.array(list(self.points.values()))
         design = np.stack([ts, ts**2, np.ones_like(ts)], axis=1)
-        flops = np.array([c.flops for _, c in self.points])
-        acts = np.array([c.activation_bytes for _, c in self.points], dtype=np.float64)
-        fc, *_ = np.linalg.lstsq(design, flops, rcond=None)
-        ac, *_ = np.linalg.lstsq(design, acts, rcond=None)
-        exact = np.allclose(design @ fc, flops, rtol=1e-6) and np.allclose(
-            design @ ac, acts, rtol=1e-3
-        )
-        self.coef, self.ready = (fc, ac), bool(exact)
+        self.coef, *_ = np.linalg.lstsq(design, ys, rcond=None)
+        self.ready = bool(np.allclose(design @ self.coef, ys, rtol=1e-6))
 
-    def predict(self, t: int) -> StepCost:
+    def predict(self, t: int) -> float:
         assert self.coef is not None
-        x = np.array([t, t * t, 1.0])
-        fc, ac = self.coef
-        return StepCost(flops=float(round(x @ fc)), activation_bytes=int(round(x @ ac)))
+        return float(round(np.array([t, t * t, 1.0]) @ self.coef, 3))
 
 
 def forward_cost(fn: Callable[[], Any]) -> tuple[Any, float]:

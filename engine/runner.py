@@ -44,15 +44,15 @@ def make_backend(cfg: RunConfig, address: str | None = None):
     from actors.cluster import cluster_cpus, init_ray
     from actors.pool import RayBackend, WorkerResources, pool_size
 
-    init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
     r = cfg.resources
     n = pool_size(
         r.num_workers, cfg.federation.clients_per_round, cluster_cpus(), r.client_num_cpus
     )
     mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
-    return RayBackend(
-        n, WorkerResources(r.client_num_cpus, mem, r.client_num_gpus), r.task_timeout_s
-    )
+    resources = WorkerResources(r.client_num_cpus, mem, r.client_num_gpus)
+    # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
+    return RayBackend(n, resources, r.task_timeout_s, owns_ray=started)
 
 
 def _partition_record(prep: Prepared) -> dict[str, Any]:

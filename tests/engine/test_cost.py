@@ -132,3 +132,37 @@ def test_memory_estimate_by_hand() -> None:
         memory_estimate(10, 11)
     with pytest.raises(ValueError):
         memory_estimate(10, 1, activation_bytes=-1)
+
+
+def test_length_fit_predicts_exactly_what_it_would_measure() -> None:
+    """After 4 measured lengths, unseen (batch, length) shapes are predicted, matching a measurement."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+    )
+    model = BertForSequenceClassification(cfg)
+
+    def step(b: int, t: int):
+        ids = torch.randint(1, 50, (b, t))
+
+        def fn():
+            loss = model(input_ids=ids, labels=torch.zeros(b, dtype=torch.long)).loss
+            loss.backward()
+
+        return fn
+
+    meter = StepCostMeter(model.parameters())
+    for b, t in [(4, 5), (4, 9), (3, 12), (4, 20)]:
+        meter.measure((b, t), step(b, t))
+    assert meter.instrumented_steps == 4
+    for b, t in [(4, 31), (2, 7), (5, 16)]:
+        _, predicted = meter.measure((b, t), step(b, t))
+        _, measured = StepCostMeter(model.parameters()).measure("fresh", step(b, t))
+        assert predicted == measured
+    assert meter.instrumented_steps == 4  # the predictions ran uninstrumented
