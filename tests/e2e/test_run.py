@@ -11,36 +11,9 @@ from engine import runner
 from engine.config import load_config
 from engine.runner import resume_run, start_run
 from tests.conftest import tiny_overrides
+from tests.contract import ROUND_KEYS, SUMMARY_KEYS
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-ROUND_KEYS = {
-    "round",
-    "eval/accuracy",
-    "eval/macro_f1",
-    "eval/loss",
-    "comm/bytes_up",
-    "comm/bytes_down",
-    "comm/bytes_total_cum",
-    "time/virtual_s",
-    "time/wall_s",
-    "clients/sampled",
-    "clients/completed",
-    "clients/failed",
-}
-SUMMARY_KEYS = {
-    "metrics",
-    "best",
-    "rounds_completed",
-    "comm_bytes_up",
-    "comm_bytes_down",
-    "comm_bytes_total",
-    "client_flops_per_round",
-    "client_peak_memory_bytes",
-    "trainable_params",
-    "total_params",
-    "wall_s",
-    "virtual_s",
-}
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -23,38 +23,10 @@ from engine.prepare import prepare
 from engine.runner import start_run
 from engine.train import TrainSpec
 from tests.conftest import tiny_overrides
+from tests.contract import ROUND_KEYS, SUMMARY_KEYS
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "fedpetuning" / "centralized_lora.yaml"
-ROUND_KEYS = {
-    "round",
-    "eval/accuracy",
-    "eval/macro_f1",
-    "eval/loss",
-    "comm/bytes_up",
-    "comm/bytes_down",
-    "comm/bytes_total_cum",
-    "time/virtual_s",
-    "time/wall_s",
-    "clients/sampled",
-    "clients/completed",
-    "clients/failed",
-    "train/loss",
-}
 ZERO_KEYS = [k for k in ROUND_KEYS if k.startswith(("comm/", "clients/"))]
-SUMMARY_KEYS = {
-    "metrics",
-    "best",
-    "rounds_completed",
-    "comm_bytes_up",
-    "comm_bytes_down",
-    "comm_bytes_total",
-    "client_flops_per_round",
-    "client_peak_memory_bytes",
-    "trainable_params",
-    "total_params",
-    "wall_s",
-    "virtual_s",
-}
 
 
 def _cfg():
