@@ -200,5 +200,7 @@ def _print_round(record: dict[str, Any]) -> None:
     msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
     if acc is not None:
         msg += f", eval accuracy {acc:.4f}, eval loss {record['eval/loss']:.4f}"
-    msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up, {record['time/round_wall_s']:.1f}s"
+    n = record["clients/completed"]
+    msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up from {n} clients"
+    msg += f", {record['time/round_wall_s']:.1f}s"
     print(msg, file=sys.stderr, flush=True)
