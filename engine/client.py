@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,6 @@ class ClientResult:
     peak_memory_bytes: int
     cpu_s: float  # thread CPU time of the task (not polluted by other processes)
     wall_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ClientRuntime:

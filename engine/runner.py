@@ -148,7 +148,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
             record = out.record
             if rnd % cfg.eval.every == 0 or rnd == rounds:
                 record.update(
-                    evaluate_global(rnd, blob, prep, backend, cfg.eval.batch_size, inp.task)
+                    evaluate_global(rnd, blob, prep, backend, inp.eval_batch_size, inp.task)
                 )
             virtual += record["time/round_virtual_s"]
             record["time/virtual_s"] = virtual
