@@ -14,8 +14,10 @@ from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
 from engine.errors import FedRayRuntimeError
 
-# Each worker gets this many tasks in flight, so it starts the next client as soon as one ends.
-IN_FLIGHT_PER_WORKER = 2
+# One task in flight per worker: a queued second task commits a client to a worker early, and at
+# the end of a round one worker can idle while the other still has two clients to train (a
+# Ray round trip per task costs milliseconds; a client costs seconds).
+IN_FLIGHT_PER_WORKER = 1
 
 
 @dataclass(frozen=True)
