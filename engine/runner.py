@@ -19,7 +19,7 @@ from engine.errors import ConfigError
 from engine.ledger import Ledger
 from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
-from engine.summary import best_of, build_summary, print_table
+from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
 
 
@@ -105,10 +105,13 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
 
 
 def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
+    # Records after the checkpoint a run resumes from (or all, before the first) are redone.
+    _cut_back(run_dir, resume_from[2]["round"] if resume_from is not None else 0)
     if cfg.algorithm == "centralized":
         from engine.algorithms.centralized import run_centralized
 
-        return run_centralized(cfg, prep, run_dir, address)
+        resume = (resume_from[1], resume_from[2]) if resume_from is not None else None
+        return run_centralized(cfg, prep, run_dir, address, resume)
     t_start = time.perf_counter()
     backend = backend or make_backend(cfg, address)
     backend.start(worker_spec(cfg, prep), prep.train, prep.test)
@@ -120,11 +123,6 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
         _, blob, meta = resume_from
         ledger = Ledger.from_state_dict(meta["ledger"])
         first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
-        rundir.truncate_metrics(run_dir, meta["round"])
-        _truncate_clients(run_dir, meta["round"])
-    elif (run_dir / rundir.METRICS).exists():
-        rundir.truncate_metrics(run_dir, 0)  # resumed before the first checkpoint: start over
-        _truncate_clients(run_dir, 0)
     history = rundir.read_metrics(run_dir)
     tracker = Tracker(cfg, run_dir)
     inp = _round_inputs(cfg, prep)
@@ -158,7 +156,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
             _append_clients(run_dir, out.clients)
             history.append(record)
             tracker.log(record)
-            _print_round(record)
+            print_round(record)
             if rnd % cfg.checkpoint.every == 0 or rnd == rounds:
                 meta = {
                     "ledger": ledger.state_dict(),
@@ -181,6 +179,12 @@ def _append_clients(run_dir: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, default=float) + "\n")
 
 
+def _cut_back(run_dir: Path, last_round: int) -> None:
+    if (run_dir / rundir.METRICS).exists():
+        rundir.truncate_metrics(run_dir, last_round)
+    _truncate_clients(run_dir, last_round)
+
+
 def _truncate_clients(run_dir: Path, last_round: int) -> None:
     path = run_dir / "clients.jsonl"
     if path.is_file():
@@ -193,14 +197,3 @@ def _round_of(line: str) -> int:
         return int(json.loads(line)["round"])
     except (json.JSONDecodeError, KeyError):
         return 1 << 30
-
-
-def _print_round(record: dict[str, Any]) -> None:
-    acc = record.get("eval/accuracy")
-    msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
-    if acc is not None:
-        msg += f", eval accuracy {acc:.4f}, eval loss {record['eval/loss']:.4f}"
-    n = record["clients/completed"]
-    msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up from {n} clients"
-    msg += f", {record['time/round_wall_s']:.1f}s"
-    print(msg, file=sys.stderr, flush=True)

@@ -97,3 +97,15 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
     line = "-" * (width + 40)
     out = [line] + [f"{k.ljust(width)}  {v}" for k, v in rows] + [line]
     print("\n".join(out), file=sys.stdout, flush=True)
+
+
+def print_round(record: dict[str, Any]) -> None:
+    """One line per round on stderr (sys.stderr.write: Ray Train patches print() in its workers)."""
+    msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
+    if "eval/accuracy" in record:
+        msg += f", eval accuracy {record['eval/accuracy']:.4f}, eval loss {record['eval/loss']:.4f}"
+    n = record.get("clients/completed", 0)
+    if n:
+        msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up from {n} clients"
+    sys.stderr.write(msg + f", {record['time/round_wall_s']:.1f}s\n")
+    sys.stderr.flush()

@@ -25,7 +25,6 @@ directory, `ray_train/`) on a multi-node cluster. The driver then writes summary
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from engine.clock import DeviceProfile, client_time_s
 from engine.data.batching import Encoded, eval_batches
 from engine.errors import FedRayRuntimeError
 from engine.ledger import Ledger
+from engine.summary import print_round
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 
 CENTRAL_STREAM = 3  # seed stream of centralized training (fedavg uses 1 and 2)
@@ -154,7 +154,7 @@ def train_rounds(job: CentralJob, report: Callable[[dict], None]) -> None:
         record["time/round_wall_s"] = time.perf_counter() - t0
         record["time/wall_s"] = job.wall0 + time.time() - job.t_start
         rundir.append_metrics(run_dir, record)
-        _print_round(record)
+        print_round(record)
         if rnd % job.checkpoint_every == 0 or rnd == job.rounds:
             meta = {
                 "ledger": Ledger().state_dict(),
@@ -165,15 +165,6 @@ def train_rounds(job: CentralJob, report: Callable[[dict], None]) -> None:
             }
             save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, blob, meta, job.checkpoint_keep)
         report(record)
-
-
-def _print_round(record: dict[str, Any]) -> None:
-    msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
-    if "eval/accuracy" in record:
-        msg += f", eval accuracy {record['eval/accuracy']:.4f}, eval loss {record['eval/loss']:.4f}"
-    # sys.stderr.write, not print: Ray Train patches print() in its workers and echoes it twice.
-    sys.stderr.write(msg + f", {record['time/round_wall_s']:.1f}s\n")
-    sys.stderr.flush()
 
 
 def make_job(
@@ -205,24 +196,17 @@ def make_job(
     )
 
 
-def _resume_point(run_dir: Path) -> tuple[bytes, dict] | None:
-    """The newest verified checkpoint (a resumed run), with metrics.jsonl cut back to it."""
-    found = latest_good_checkpoint(run_dir / rundir.CHECKPOINTS)
-    last = found[2]["round"] if found else 0
-    if (run_dir / rundir.METRICS).exists():
-        rundir.truncate_metrics(run_dir, last)
-    return (found[1], found[2]) if found else None
-
-
-def run_centralized(cfg, prep, run_dir: Path, address: str | None = None) -> Path:
-    """Run (or resume) the centralized baseline on Ray Train; writes the federated run-dir contract."""
+def run_centralized(
+    cfg, prep, run_dir: Path, address: str | None = None, resume: tuple[bytes, dict] | None = None
+) -> Path:
+    """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline on
+    Ray Train; writes the federated run-dir contract."""
     from actors.cluster import init_ray
     from actors.train_central import fit_central
     from engine.summary import best_of, build_summary, print_table
     from engine.tracking import Tracker
 
     t_start = time.time()
-    resume = _resume_point(run_dir)
     job = make_job(cfg, prep, run_dir, resume, t_start)
     if job.first_round <= job.rounds:
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)

@@ -136,17 +136,9 @@ def test_memory_estimate_by_hand() -> None:
 
 def test_length_fit_predicts_exactly_what_it_would_measure() -> None:
     """After 4 measured lengths, unseen (batch, length) shapes are predicted, matching a measurement."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from engine.models import load_model
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=50,
-    )
-    model = BertForSequenceClassification(cfg)
+    model = load_model("tiny-bert-random", "classification", 2, 50, seed=0, pad_token_id=0)
 
     def step(b: int, t: int):
         ids = torch.randint(1, 50, (b, t))

@@ -30,17 +30,10 @@ def test_declared_pooling(tmp_path) -> None:
 
 
 def test_mean_pooled_classifier_ignores_padding() -> None:
-    from transformers import BertConfig, BertForSequenceClassification
+    from engine.models import load_model
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=2,
-        intermediate_size=128,
-        vocab_size=100,
-    )
-    model = BertForSequenceClassification(cfg).eval()
+    # tiny-bert-random keeps BERT's [CLS] pooler (pooling="cls"); swap it here by hand.
+    model = load_model("tiny-bert-random", "classification", 2, 100, seed=0, pad_token_id=0).eval()
     assert use_mean_pooling(model)
     ids = torch.tensor([[5, 6, 7]])
     padded = torch.tensor([[5, 6, 7, 0, 0]])
