@@ -47,7 +47,7 @@ class RayBackend:
         self.timeout_s = timeout_s
         self.workers: list = []
 
-    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
+    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
         from actors.worker import ClientWorker
 
         train_ref, test_ref = ray.put(train), ray.put(test)  # shared, zero-copy in workers
@@ -55,7 +55,7 @@ class RayBackend:
         if self.resources.memory_bytes:
             opts["memory"] = self.resources.memory_bytes
         self.workers = [
-            ClientWorker.options(**opts).remote(spec, train_ref, test_ref)
+            ClientWorker.options(**opts).remote(spec, train_ref, test_ref, link)
             for _ in range(self.num_workers)
         ]
         infos = self._get([w.ready.remote() for w in self.workers], "starting client workers")

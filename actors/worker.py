@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec
+from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
 
 
@@ -12,8 +12,11 @@ from engine.data.batching import Encoded
 class ClientWorker:
     """Loads the frozen base model once; serves any number of virtual clients."""
 
-    def __init__(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
-        self.runtime = ClientRuntime(spec, train, test)
+    def __init__(
+        self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None
+    ) -> None:
+        # link: the SFPrompt client's connection to the body server (None for FedAvg)
+        self.runtime = make_runtime(spec, train, test, link)
 
     def ready(self) -> dict[str, int]:
         return self.runtime.info()

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec
+from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
 
 OnResult = Callable[[ClientResult], None]
@@ -18,7 +18,9 @@ class Backend(Protocol):
 
     num_workers: int
 
-    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None: ...
+    def start(
+        self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None
+    ) -> None: ...
 
     def initial_state(self) -> bytes: ...
 
@@ -43,8 +45,8 @@ class LocalBackend:
     def __init__(self) -> None:
         self.runtime: ClientRuntime | None = None
 
-    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded) -> None:
-        self.runtime = ClientRuntime(spec, train, test)
+    def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
+        self.runtime = make_runtime(spec, train, test, link)
 
     def _rt(self) -> ClientRuntime:
         if self.runtime is None:

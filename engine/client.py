@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,20 @@ class WorkerSpec:
     method_fields: dict[str, Any]
     torch_threads: int = 1
     pooling: str = "cls"
+    split: Any = None  # engine.split.client.SplitPlan for SFPrompt, else None
+
+
+def load_base(spec: WorkerSpec) -> torch.nn.Module:
+    """The worker's base model, built from the spec (seeded: identical in every process)."""
+    return load_model(
+        spec.model_name,
+        spec.task,
+        spec.num_labels,
+        spec.vocab_size,
+        spec.seed,
+        spec.pad_id,
+        spec.pooling,
+    )
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,25 @@ class ClientResult:
     peak_memory_bytes: int
     cpu_s: float  # thread CPU time of the task (not polluted by other processes)
     wall_s: float
+    # Split traffic besides the trainable state, "<up|down>/<kind>" -> bytes (SFPrompt).
+    traffic: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # algorithm-specific per-client figures
+
+
+class GlobalCache:
+    """The global state of one version, deserialized once: every task of a round restarts from it."""
+
+    def __init__(self) -> None:
+        self.key: int | None = None  # version = rounds completed when it was broadcast
+        self.state: dict[str, np.ndarray] = {}
+
+    def get(self, key: int, blob: bytes) -> dict[str, np.ndarray]:
+        if key != self.key:
+            self.state, self.key = deserialize_state(blob), key
+        return self.state
+
+    def reset(self) -> None:
+        self.key = None
 
 
 class ClientRuntime:
@@ -68,39 +101,25 @@ class ClientRuntime:
         self.spec = spec
         self.train_data = train
         self.test_data = test
-        base = load_model(
-            spec.model_name,
-            spec.task,
-            spec.num_labels,
-            spec.vocab_size,
-            spec.seed,
-            spec.pad_id,
-            spec.pooling,
-        )
+        base = load_base(spec)
         method = get_method(spec.method)
         params = method.params_type(name=spec.method, **spec.method_fields)
         torch.manual_seed(spec.seed)  # method init (e.g. LoRA A) is identical in every worker
         self.model = apply_method(base, spec.task, params)
         self.trainable, self.total = count_parameters(self.model)
         self.meter = StepCostMeter(self.model.parameters())
-        self._global_key: int | None = None
-        self._global: dict[str, np.ndarray] = {}
+        self._global = GlobalCache()
 
     def initial_state(self) -> bytes:
         """The model's current trainable state; a run starts from it (version 0), so the cache resets."""
-        self._global_key = None
+        self._global.reset()
         return serialize_state(trainable_state(self.model))
 
     def info(self) -> dict[str, int]:
         return {"trainable_params": self.trainable, "total_params": self.total}
 
     def _load_global(self, key: int, blob: bytes) -> None:
-        # Deserialize once per version (global state after `key` rounds of this run); every task
-        # of a round restarts from the same global state.
-        if key != self._global_key:
-            self._global = deserialize_state(blob)
-            self._global_key = key
-        load_trainable_state(self.model, self._global)
+        load_trainable_state(self.model, self._global.get(key, blob))
 
     def train_client(self, task: ClientTask, global_blob: bytes) -> ClientResult:
         t_wall, t_cpu = time.perf_counter(), time.thread_time()
@@ -132,3 +151,12 @@ class ClientRuntime:
             self.spec.pad_id,
             self.spec.num_labels,
         )
+
+
+def make_runtime(spec: WorkerSpec, train: Encoded, test: Encoded, link: Any = None):
+    """The runtime a worker hosts: a whole model (FedAvg) or a split client model (SFPrompt)."""
+    if spec.split is None:
+        return ClientRuntime(spec, train, test)
+    from engine.split.client import SplitClientRuntime
+
+    return SplitClientRuntime(spec, spec.split, train, test, link)

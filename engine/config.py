@@ -119,10 +119,53 @@ class WandbConfig(_Section):
     log_artifact: bool = True
 
 
+class SplitConfig(_Section):
+    """SFPrompt's cut and what the client trains (algorithm: sfprompt)."""
+
+    head_layers: int = Field(0, ge=0)  # blocks after the embeddings kept on the client
+    tail_layers: int = Field(
+        0, ge=0
+    )  # last blocks kept on the client (before norm/pooler/classifier)
+    prompt_length: int = Field(10, ge=0, le=4096)
+    train_head: bool = False
+    train_tail: bool = True
+    compress: Literal["none", "fp16"] = "none"  # dtype of activations/gradients on the wire
+    split_training: bool = True  # the phase through the server body (off: local-loss only)
+
+
+class ServerConfig(_Section):
+    """The DeepSpeed server actor that holds the body (SFPrompt)."""
+
+    zero_stage: int = Field(0, ge=0, le=3)
+    train_body: bool = False  # SplitFed baseline: the server trains the body
+    lr: float = Field(1e-4, gt=0)  # body learning rate when train_body
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 needs a GPU
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+
+
+class PruningConfig(_Section):
+    """Per-round dataset pruning on each client (SFPrompt phase 1)."""
+
+    enabled: bool = True
+    keep_ratio: float = Field(0.5, gt=0, le=1)
+    score: Literal["el2n", "loss", "random"] = "el2n"
+    per_class: bool = True  # keep the hardest fraction within each label (false: over all samples)
+    score_with: Literal["local", "split"] = "local"  # local: head -> tail, no communication
+
+
+class LocalLossConfig(_Section):
+    """The local-loss update: head straight into the tail, no communication (SFPrompt phase 2)."""
+
+    enabled: bool = True
+    epochs: int = Field(1, ge=1)
+
+
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 0
-    algorithm: Literal["fedavg", "centralized"] = "fedavg"
+    algorithm: Literal["fedavg", "centralized", "sfprompt"] = "fedavg"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: method_params_union() = Field(default_factory=lambda: _default_method())  # type: ignore[valid-type]
@@ -133,6 +176,10 @@ class RunConfig(_Section):
     ray: RayConfig = RayConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     wandb: WandbConfig = WandbConfig()
+    split: SplitConfig = SplitConfig()
+    server: ServerConfig = ServerConfig()
+    pruning: PruningConfig = PruningConfig()
+    local_loss: LocalLossConfig = LocalLossConfig()
 
 
 def _default_method() -> Any:

@@ -101,6 +101,14 @@ class Ledger:
         """Bytes over the whole run, one direction or both."""
         return self._cum[direction] if direction is not None else self.cumulative_bytes()
 
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Total bytes per "<direction>/<kind>" (trainable_state, activations, gradients...)."""
+        out: dict[str, int] = {}
+        for t in self.transfers:
+            key = f"{t.direction}/{t.kind}"
+            out[key] = out.get(key, 0) + t.nbytes
+        return dict(sorted(out.items()))
+
     def cumulative_bytes(self) -> int:
         """Bytes up + down over the whole run."""
         return self._cum["up"] + self._cum["down"]

@@ -66,7 +66,29 @@ def _tiny_llama(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
     return LlamaForCausalLM(cfg) if task == "causal_lm" else LlamaForSequenceClassification(cfg)
 
 
+def _tiny_vit(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
+    """A randomly initialised (not pretrained) ViT for 28x28 grayscale images (fashion_mnist)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if task != "classification":
+        raise ConfigError(
+            "model.task", "tiny-vit-random is an image classifier; use classification"
+        )
+    cfg = ViTConfig(
+        image_size=28,
+        patch_size=7,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(cfg)
+
+
 TINY_MODELS.register("tiny-bert-random", _tiny_bert)
+TINY_MODELS.register("tiny-vit-random", _tiny_vit)
 TINY_MODELS.register("tiny-llama-random", _tiny_llama)
 
 
@@ -114,6 +136,23 @@ def resolve_pooling(name: str, pooling: str) -> str:
     return "cls" if name in TINY_MODELS else declared_pooling(resolve_model_path(name))
 
 
+# Vision transformers fedray can fine-tune and split (image classification).
+IMAGE_MODEL_TYPES = frozenset({"vit", "deit"})
+
+
+def is_image_model(name: str) -> bool:
+    """Whether `name` is an image classifier (decided from its config, no weights loaded)."""
+    if name in TINY_MODELS:
+        return name == "tiny-vit-random"
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(resolve_model_path(name))
+    except Exception:  # noqa: BLE001 - check_model_loadable reports unloadable names
+        return False
+    return conf.model_type in IMAGE_MODEL_TYPES
+
+
 def load_model(
     name: str,
     task: str,
@@ -124,7 +163,11 @@ def load_model(
     pooling: str = "cls",
 ) -> torch.nn.Module:
     """Build the base model; seeded so randomly initialised parts are identical in every process."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
 
     torch.manual_seed(seed)
     if name in TINY_MODELS:
@@ -133,7 +176,12 @@ def load_model(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         path = resolve_model_path(name)
         if task == "classification":
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            auto = (
+                AutoModelForImageClassification
+                if is_image_model(name)
+                else AutoModelForSequenceClassification
+            )
+            model = auto.from_pretrained(path, num_labels=num_labels)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:

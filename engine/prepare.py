@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.clock import DeviceProfile, load_device_profile
 from engine.config import RunConfig
-from engine.data.batching import Encoded, encode, eval_batches
+from engine.data.batching import Encoded, Pixels, encode, eval_batches
 from engine.data.partition import label_histograms, make_partition
-from engine.data.sources import TextSplits, load_text_dataset
+from engine.data.sources import (
+    ImageSplits,
+    TextSplits,
+    image_datasets,
+    load_image_dataset,
+    load_text_dataset,
+)
 from engine.errors import ConfigError
 from engine.methods import get_method
-from engine.models import check_model_loadable, load_tokenizer
+from engine.models import check_model_loadable, is_image_model, load_tokenizer
 from engine.train import TrainSpec
 
 
 @dataclass
 class Prepared:
-    splits: TextSplits
-    train: Encoded
-    test: Encoded
+    splits: TextSplits | ImageSplits
+    train: Encoded | Pixels
+    test: Encoded | Pixels
     parts: list[np.ndarray]  # row indices per client
     histograms: list[list[int]]
     profile: DeviceProfile
@@ -31,7 +38,12 @@ class Prepared:
     vocab_size: int
 
 
-def _encode_splits(cfg: RunConfig, splits: TextSplits, tok) -> tuple[Encoded, Encoded]:
+def _encode_splits(cfg: RunConfig, splits, tok) -> tuple[Encoded | Pixels, Encoded | Pixels]:
+    if isinstance(splits, ImageSplits):
+        return (
+            Pixels(splits.train_images, splits.train_labels),
+            Pixels(splits.test_images, splits.test_labels),
+        )
     n = cfg.model.max_length
     return (
         encode(splits.train_texts, splits.train_labels, tok, n),
@@ -39,8 +51,26 @@ def _encode_splits(cfg: RunConfig, splits: TextSplits, tok) -> tuple[Encoded, En
     )
 
 
-def prepare(cfg: RunConfig) -> Prepared:
+def _load_splits(cfg: RunConfig) -> tuple[TextSplits | ImageSplits, Any]:
+    """The data set's splits and the tokenizer that encodes them (None for images)."""
     d = cfg.data
+    image_model = is_image_model(cfg.model.name)
+    if d.name in image_datasets():
+        if cfg.model.task != "classification":
+            raise ConfigError("model.task", f"{d.name} is an image data set; use classification")
+        if not image_model:
+            raise ConfigError(
+                "model.name", f"{d.name} holds images; use an image model such as tiny-vit-random"
+            )
+        images = load_image_dataset(
+            d.name,
+            max_train_samples=d.max_train_samples,
+            max_test_samples=d.max_test_samples,
+            seed=cfg.seed,
+        )
+        return images, None
+    if image_model:
+        raise ConfigError("model.name", f"{cfg.model.name} classifies images; {d.name} holds text")
     if cfg.model.task == "classification" and d.label_key is None:
         raise ConfigError(
             "data.label_key", "classification needs a label column; set data.label_key"
@@ -56,21 +86,30 @@ def prepare(cfg: RunConfig) -> Prepared:
         max_test_samples=d.max_test_samples,
         seed=cfg.seed,
     )
+    return splits, load_tokenizer(cfg.model.name)
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    d = cfg.data
+    check_model_loadable(cfg.model.name)
+    splits, tok = _load_splits(cfg)
     if cfg.model.task == "classification" and splits.num_labels < 2:
         raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
-    check_model_loadable(cfg.model.name)
-    tok = load_tokenizer(cfg.model.name)
+    if cfg.algorithm == "sfprompt":
+        from engine.algorithms.sfprompt import check_sfprompt
+
+        check_sfprompt(cfg)
     profile = load_device_profile(cfg.resources.device_profile)
     fed = cfg.federation
-    if fed.num_clients > len(splits.train_texts):
+    if fed.num_clients > len(splits.train_labels):
         raise ConfigError(
             "federation.num_clients",
-            f"{fed.num_clients} clients > {len(splits.train_texts)} training rows; use fewer clients",
+            f"{fed.num_clients} clients > {len(splits.train_labels)} training rows; use fewer clients",
         )
     parts = make_partition(
         d.partition.kind,
         labels=splits.train_labels,
-        groups=splits.train_groups,
+        groups=getattr(splits, "train_groups", None),
         num_clients=fed.num_clients,
         alpha=d.partition.alpha,
         seed=cfg.seed,
@@ -82,8 +121,13 @@ def prepare(cfg: RunConfig) -> Prepared:
         )
     train, test = _encode_splits(cfg, splits, tok)
     hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
+    pad_id = int(tok.pad_token_id) if tok is not None else 0
     method = get_method(cfg.method.name)
     lr = cfg.train.lr or cfg.method.lr or method.default_lr
+    if cfg.algorithm == "sfprompt":  # the method section does not apply: prompts + tail train
+        from engine.algorithms.sfprompt import DEFAULT_LR
+
+        lr = cfg.train.lr or DEFAULT_LR
     t = cfg.train
     spec = TrainSpec(
         batch_size=t.batch_size,
@@ -95,7 +139,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         max_grad_norm=t.max_grad_norm,
         group_by_length=t.group_by_length,
         task=cfg.model.task,
-        pad_id=int(tok.pad_token_id),
+        pad_id=pad_id,
     )
     return Prepared(
         splits=splits,
@@ -106,8 +150,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         profile=profile,
         train_spec=spec,
         lr=lr,
-        pad_id=int(tok.pad_token_id),
-        vocab_size=len(tok),
+        pad_id=pad_id,
+        vocab_size=len(tok) if tok is not None else 0,
     )
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from engine import rundir
 from engine.algorithms.fedavg import RoundInputs, evaluate_global, run_round
+from engine.backend import LocalBackend
 from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import WorkerSpec
 from engine.config import RunConfig, dump_config, load_config
@@ -46,9 +47,10 @@ def make_backend(cfg: RunConfig, address: str | None = None):
 
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
     r = cfg.resources
-    n = pool_size(
-        r.num_workers, cfg.federation.clients_per_round, cluster_cpus(), r.client_num_cpus
-    )
+    # SFPrompt's body server takes its CPUs first; the client workers share the rest.
+    reserved = cfg.server.num_cpus if cfg.algorithm == "sfprompt" else 0.0
+    free = max(cluster_cpus() - reserved, r.client_num_cpus)
+    n = pool_size(r.num_workers, cfg.federation.clients_per_round, free, r.client_num_cpus)
     mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
     resources = WorkerResources(r.client_num_cpus, mem, r.client_num_gpus)
     # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
@@ -113,8 +115,16 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
         resume = (resume_from[1], resume_from[2]) if resume_from is not None else None
         return run_centralized(cfg, prep, run_dir, address, resume)
     t_start = time.perf_counter()
+    spec = worker_spec(cfg, prep)
     backend = backend or make_backend(cfg, address)
-    backend.start(worker_spec(cfg, prep), prep.train, prep.test)
+    server = None
+    try:
+        if cfg.algorithm == "sfprompt":
+            spec, server = start_server(cfg, spec, backend)
+        backend.start(spec, prep.train, prep.test, link=server.link if server else None)
+    except BaseException:
+        _shutdown(backend, server)
+        raise
     info = backend.info()
     start_s = time.perf_counter() - t_start
     ledger, first, wall0, virtual = Ledger(), 1, 0.0, 0.0
@@ -123,6 +133,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
         _, blob, meta = resume_from
         ledger = Ledger.from_state_dict(meta["ledger"])
         first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
+        if server is not None:
+            blob = server.restore(blob)  # the checkpoint also holds the body a server trains
     history = rundir.read_metrics(run_dir)
     tracker = Tracker(cfg, run_dir)
     inp = _round_inputs(cfg, prep)
@@ -139,7 +151,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
                 disable=None,
             )
             out = run_round(
-                rnd, blob, inp, prep, backend, ledger, lambda _r, bar=bar: bar.update(1)
+                rnd, blob, inp, prep, backend, ledger, lambda _r, bar=bar: bar.update(1), server
             )
             bar.close()
             blob = out.blob
@@ -163,14 +175,50 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
                     "wall_s": record["time/wall_s"],
                     "virtual_s": virtual,
                 }
-                save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, blob, meta, cfg.checkpoint.keep)
+                saved = server.with_state(blob) if server is not None else blob
+                save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
         summary = build_summary(history, ledger, info, cfg, start_s, virtual)
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
         tracker.finish(summary, blob)
     finally:
-        backend.shutdown()
+        _shutdown(backend, server)
     print_table(cfg, summary, best_of(history), run_dir)
     return run_dir
+
+
+def start_server(cfg: RunConfig, spec: WorkerSpec, backend) -> tuple[WorkerSpec, Any]:
+    """SFPrompt: the body server (a DeepSpeed Ray actor, or in-process next to a local backend)."""
+    from functools import partial
+
+    from engine.algorithms.sfprompt import build_body, server_spec, split_plan, with_plan
+
+    plan = split_plan(cfg)
+    spec = with_plan(spec, plan)
+    factory = partial(build_body, spec, plan)
+    if isinstance(backend, LocalBackend):
+        from engine.split.local import LocalBodyServer
+
+        return spec, LocalBodyServer(factory, server_spec(cfg))
+    from actors.body_group import RayBodyServer
+
+    v = cfg.server
+    server = RayBodyServer(
+        factory,
+        server_spec(cfg),
+        v.num_cpus,
+        v.num_gpus,
+        v.torch_threads,
+        cfg.resources.task_timeout_s,
+    )
+    return spec, server
+
+
+def _shutdown(backend, server) -> None:
+    try:
+        if server is not None:
+            server.shutdown()
+    finally:
+        backend.shutdown()
 
 
 def _append_clients(run_dir: Path, rows: list[dict]) -> None:

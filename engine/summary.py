@@ -37,6 +37,18 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
+def method_label(cfg) -> str:
+    """The method's name; for SFPrompt, what trains where (e.g. prompt10+tail, head+tail+body)."""
+    if cfg.algorithm != "sfprompt":
+        return cfg.method.name
+    s = cfg.split
+    parts = [f"prompt{s.prompt_length}"] if s.prompt_length else []
+    parts += [name for name, on in (("head", s.train_head), ("tail", s.train_tail)) if on]
+    if cfg.server.train_body:
+        parts.append("body")
+    return "+".join(parts)
+
+
 def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_s: float) -> dict:
     per_client = [c for r in ledger.rounds() for c in ledger.round_totals(r)["per_client"].values()]
     up = ledger.total_bytes("up")
@@ -44,7 +56,8 @@ def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_
     return {
         "name": cfg.name,
         "algorithm": cfg.algorithm,
-        "method": cfg.method.name,
+        "method": method_label(cfg),
+        "comm_bytes_by_kind": ledger.bytes_by_kind(),
         "metrics": final_metrics(history),
         "best": best_of(history),
         "rounds_completed": len(history),
@@ -72,7 +85,7 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
     """A plain, aligned results table on stdout."""
     rows = [
         ("run directory", str(run_dir)),
-        ("algorithm / method", f"{cfg.algorithm} / {cfg.method.name}"),
+        ("algorithm / method", f"{cfg.algorithm} / {method_label(cfg)}"),
     ]
     for name, value in summary["metrics"].items():
         if "wall" in name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cost import StepCostMeter
-from engine.data.batching import Encoded, collate, make_batches
+from engine.data.batching import Encoded, batch_shape, collate, make_batches
 
 
 def derive_seed(*parts: int) -> int:
@@ -43,7 +44,7 @@ def model_inputs(batch: dict[str, torch.Tensor], task: str) -> dict[str, torch.T
     return _lm_labels(batch) if task == "causal_lm" else batch
 
 
-def _optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -71,7 +72,7 @@ def local_train(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, spec)
+    opt = make_optimizer(params, spec)
     model.train()
     lengths = enc.lengths
     losses: list[float] = []
@@ -88,7 +89,7 @@ def local_train(
                 loss.backward()
                 return float(loss.detach())
 
-            loss, cost = meter.measure(tuple(batch["input_ids"].shape), step)
+            loss, cost = meter.measure(batch_shape(batch), step)
             if spec.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             opt.step()
@@ -96,7 +97,7 @@ def local_train(
             losses.append(loss)
             flops += cost.flops
             act = max(act, cost.activation_bytes)
-            tokens += int(batch["input_ids"].numel())
+            tokens += int(np.prod(batch_shape(batch)))
             if spec.steps is not None and len(losses) >= spec.steps:
                 break
         epoch += 1
@@ -113,7 +114,6 @@ def local_train(
     )
 
 
-@torch.no_grad()
 def evaluate_batches(
     model: torch.nn.Module,
     enc: Encoded,
@@ -124,11 +124,28 @@ def evaluate_batches(
 ) -> list[dict]:
     """Per-batch sums (loss_sum, count, hits, confusion), so any sharding merges to the same totals."""
     model.eval()
+
+    def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**{n: v for n, v in batch.items() if n != "labels"}).logits
+
+    return evaluate_logits(logits_of, enc, batches, task, pad_id, num_labels)
+
+
+@torch.no_grad()
+def evaluate_logits(
+    logits_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    enc: Encoded,
+    batches: list[np.ndarray],
+    task: str,
+    pad_id: int,
+    num_labels: int,
+) -> list[dict]:
+    """`evaluate_batches` for any function from a collated batch to logits (e.g. a split model)."""
     k = max(num_labels, 1)
     out = []
     for rows_b in batches:
         batch = model_inputs(collate(enc, rows_b, pad_id), task)
-        logits = model(**{n: v for n, v in batch.items() if n != "labels"}).logits
+        logits = logits_of(batch)
         confusion = np.zeros((k, k), dtype=np.int64)
         if task == "causal_lm":
             # Next-token prediction: logits [b, t, v] at position i predict token i + 1.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,6 +41,16 @@ class RoundInputs:
     task: str
 
 
+class RoundServer(Protocol):
+    """A server-side party of the round (SFPrompt's body server); FedAvg has none."""
+
+    def lost(self, result: object) -> bool: ...  # did this client fail because the server died?
+
+    def recover(self) -> None: ...  # wait for the restarted server and restore its round state
+
+    def end_round(self, weights: dict[int, float]) -> None: ...  # after the clients' FedAvg
+
+
 @dataclass
 class RoundOutcome:
     blob: bytes  # the new global trainable state
@@ -56,6 +66,7 @@ def run_round(
     backend: Backend,
     ledger: Ledger,
     on_result: Callable[[ClientResult], None],
+    server: RoundServer | None = None,
 ) -> RoundOutcome:
     ids = sample_clients(inp.num_clients, inp.clients_per_round, inp.seed, round)
     tasks = [
@@ -69,12 +80,23 @@ def run_round(
         for c in ids
     ]
     results = backend.run_clients(tasks, global_blob, on_result)
+    restarts = 0
+    if server is not None and any(server.lost(r) for r in results.values()):
+        # The server died mid-round: wait for its restart, then redo the round once from the
+        # same global state and seeds (so the round's result is what it would have been).
+        server.recover()
+        restarts = 1
+        results = backend.run_clients(tasks, global_blob, on_result)
     ok = [results[c] for c in sorted(results) if isinstance(results[c], ClientResult)]
     failed = {c: repr(r) for c, r in results.items() if not isinstance(r, ClientResult)}
     rows, times = [], {}
     for r in ok:
         down = ledger.record(round, r.client_id, "down", "trainable_state", r.bytes_down)
         up = ledger.record(round, r.client_id, "up", "trainable_state", r.blob)
+        for key, nbytes in sorted(r.traffic.items()):  # split activations and gradients
+            direction, kind = key.split("/", 1)
+            nbytes = ledger.record(round, r.client_id, direction, kind, nbytes)
+            down, up = (down + nbytes, up) if direction == "down" else (down, up + nbytes)
         ledger.record_compute(round, r.client_id, r.train.flops, r.peak_memory_bytes)
         t = client_time_s(inp.profile, flops=r.train.flops, bytes_down=down, bytes_up=up)
         times[r.client_id] = t["total_s"]
@@ -90,6 +112,8 @@ def run_round(
                 "flops": r.train.flops,
                 "peak_memory_bytes": r.peak_memory_bytes,
                 "cpu_s": r.cpu_s,
+                **r.traffic,
+                **r.extra,
                 **{f"virtual_{k}": v for k, v in t.items()},
             }
         )
@@ -99,6 +123,8 @@ def run_round(
         raise FedRayRuntimeError(f"round {round}: every sampled client failed: {failed}")
     weights = fedavg_weights([r.train.num_samples for r in ok], inp.weighted)
     new_state = fedavg([deserialize_state(r.blob) for r in ok], weights)
+    if server is not None:
+        server.end_round({r.client_id: float(w) for r, w in zip(ok, weights, strict=True)})
     round_s, straggler = round_time_s(times)
     totals = ledger.round_totals(round)
     record = {
@@ -116,6 +142,12 @@ def run_round(
     }
     if failed:
         record["clients/failed_reasons"] = failed
+    if server is not None:
+        record["server/restarts"] = restarts
+    for name in sorted({k for r in ok for k in r.extra}):
+        record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
+    for name in sorted({k for r in ok for k in r.traffic}):
+        record[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
     return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
 
 

@@ -24,6 +24,33 @@ class Encoded:
         return np.diff(self.offsets)
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """An image split: uint8 images [n, H, W] (grayscale) and int64 labels; batches are all one shape."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.ones(len(self.labels), dtype=np.int64)  # nothing to group by
+
+
+# Fashion-MNIST's pixel mean and std (on [0, 1]): inputs are standardised as torchvision does.
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
+
+
+def batch_shape(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(batch, length) of a collated batch: what its step cost depends on (images: length 1)."""
+    if "input_ids" in batch:
+        b, t = batch["input_ids"].shape
+        return int(b), int(t)
+    return int(batch["pixel_values"].shape[0]), 1
+
+
 def encode(texts: list[str], labels: np.ndarray, tokenizer, max_length: int) -> Encoded:
     """Tokenize with truncation and no padding (padding happens per batch)."""
     rows = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
@@ -67,8 +94,17 @@ def eval_batches(n: int, lengths: np.ndarray, batch_size: int) -> list[np.ndarra
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def collate(enc: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the rows to the longest in the batch: input_ids/attention_mask [b, t], labels [b]."""
+def collate(enc: Encoded | Pixels, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the rows to the longest in the batch: input_ids/attention_mask [b, t], labels [b].
+
+    Images: standardised pixel_values [b, 1, H, W] float32 and labels [b].
+    """
+    if isinstance(enc, Pixels):
+        pixels = torch.from_numpy(enc.images[rows].astype(np.float32) / 255.0)
+        return {
+            "pixel_values": ((pixels - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1),
+            "labels": torch.from_numpy(enc.labels[rows].copy()),
+        }
     lens = enc.lengths[rows]
     width = int(lens.max())
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)

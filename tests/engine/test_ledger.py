@@ -101,3 +101,18 @@ def test_state_dict_round_trip_through_json() -> None:
     # a restored ledger keeps counting from where it was
     restored.record(2, 1, "up", "params", 10)
     assert restored.cumulative_bytes() == ledger.cumulative_bytes() + 10
+
+
+def test_bytes_by_kind_sums_each_direction_and_kind():
+    led = Ledger()
+    led.record(1, 0, "up", "activations", 100)
+    led.record(1, 1, "up", "activations", 50)
+    led.record(1, 0, "down", "gradients", 30)
+    led.record(2, 0, "up", "trainable_state", b"abcd")
+    assert led.bytes_by_kind() == {
+        "down/gradients": 30,
+        "up/activations": 150,
+        "up/trainable_state": 4,
+    }
+    assert sum(led.bytes_by_kind().values()) == led.total_bytes()
+    assert Ledger.from_state_dict(led.state_dict()).bytes_by_kind() == led.bytes_by_kind()

@@ -1,0 +1,98 @@
+"""SFPrompt from config: the client plan, the server spec, the up-front checks and the body builder.
+
+The round itself is FedAvg's (engine.algorithms.fedavg.run_round): clients prune, train locally
+and train through the server body, then their prompts/tail are averaged. What differs lives in the
+client runtime (engine.split.client) and in the body server (engine.split.server, actors.body_server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from engine.client import WorkerSpec, load_base
+from engine.config import RunConfig
+from engine.errors import ConfigError
+from engine.models import TINY_MODELS, resolve_model_path
+from engine.split.client import SplitPlan
+from engine.split.model import Body, SplitSpec, check_split_shape, split_model
+from engine.split.server import ServerLost, ServerSpec
+
+# Prompts and a freshly initialised classifier learn at prompt-tuning rates (FedPETuning's
+# prompt default); a trainable head or tail block is fine at it with AdamW and clipping.
+DEFAULT_LR = 1e-2
+
+
+def split_plan(cfg: RunConfig) -> SplitPlan:
+    s, p = cfg.split, cfg.pruning
+    return SplitPlan(
+        head_layers=s.head_layers,
+        tail_layers=s.tail_layers,
+        prompt_length=s.prompt_length,
+        train_head=s.train_head,
+        train_tail=s.train_tail,
+        compress=s.compress,
+        prune=p.enabled,
+        keep_ratio=p.keep_ratio,
+        score=p.score,
+        per_class=p.per_class,
+        score_with=p.score_with,
+        local_loss=cfg.local_loss.enabled,
+        local_epochs=cfg.local_loss.epochs,
+        split_training=s.split_training,
+        body_trains=cfg.server.train_body,
+    )
+
+
+def server_spec(cfg: RunConfig) -> ServerSpec:
+    v = cfg.server
+    return ServerSpec(
+        zero_stage=v.zero_stage, train_body=v.train_body, lr=v.lr, dtype=v.dtype, seed=cfg.seed
+    )
+
+
+def check_sfprompt(cfg: RunConfig) -> None:
+    """Every SFPrompt-specific user error, from the model's config alone (no weights loaded)."""
+    if cfg.model.task != "classification":
+        raise ConfigError("model.task", "sfprompt splits a classifier; use task: classification")
+    s = cfg.split
+    if not (s.prompt_length or s.train_head or s.train_tail or cfg.server.train_body):
+        raise ConfigError(
+            "split.prompt_length", "nothing would train; set prompts, train_tail or train_head"
+        )
+    if cfg.server.dtype == "bf16" and not torch.cuda.is_available():
+        raise ConfigError("server.dtype", "bf16 needs a GPU here; use fp32")
+    mtype, depth, budget = _model_shape(cfg.model.name)
+    spec = SplitSpec(s.head_layers, s.tail_layers, s.prompt_length)
+    check_split_shape(mtype, depth, budget, spec, cfg.model.max_length)
+
+
+def _model_shape(name: str) -> tuple[str, int, int | None]:
+    if name in TINY_MODELS:
+        conf = TINY_MODELS.get(name)("classification", 2, 8).config
+    else:
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(resolve_model_path(name))
+    return (
+        str(conf.model_type),
+        int(conf.num_hidden_layers),
+        getattr(conf, "max_position_embeddings", None),
+    )
+
+
+def build_body(spec: WorkerSpec, plan: SplitPlan) -> Body:
+    """The server's part of the model: the same weights the clients' parts were cut from."""
+    model = load_base(spec)
+    _client, body = split_model(model, plan.split_spec())
+    return body
+
+
+def with_plan(spec: WorkerSpec, plan: SplitPlan) -> WorkerSpec:
+    return replace(spec, split=plan)
+
+
+def server_lost(result: object) -> bool:
+    """A client task that failed because the body server died (directly or wrapped by Ray)."""
+    return isinstance(result, ServerLost) or isinstance(getattr(result, "cause", None), ServerLost)
