@@ -220,7 +220,7 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
                 continue
             lines.append(
                 f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                f"{r['client_flops_per_round'] / 1e9:.3f} | {r.get('flops_pct_of_fedft', math.nan):.3f} | "
+                f"{r['client_flops_per_round'] / 1e9:.3g} | {r.get('flops_pct_of_fedft', math.nan):.2g} | "
                 f"{r['bytes_per_round'] / 1e6:.1f} | {r.get('bytes_pct_of_fedft', math.nan):.1f} | "
                 f"{r['client_peak_memory_bytes'] / 2**20:.1f} | {r['wall_s']:.0f} |"
             )

@@ -124,3 +124,26 @@ def test_bad_splits_name_the_key():
     with pytest.raises(ConfigError, match="split.prompt_length"):
         check_split(model, SplitSpec(1, 1, 30), 16)  # 30 + 16 > 40 positions
     check_split(model, SplitSpec(1, 1, 24), 16)  # exactly the budget is fine
+
+
+def test_a_vit_of_another_size_takes_28px_grayscale():
+    """A pretrained ViT expects e.g. 3 x 224 x 224: load_model's hook resizes and repeats channels."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from engine.models import fit_images
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64,
+                    num_hidden_layers=3, num_attention_heads=2, intermediate_size=128, num_labels=4)  # fmt: skip
+    model = ViTForImageClassification(cfg).eval()
+    fit_images(model)
+    gray = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    rgb = torch.nn.functional.interpolate(
+        gray.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear"
+    )
+    with torch.no_grad():
+        want = model(pixel_values=rgb).logits
+        got = model(pixel_values=gray).logits
+        split = _split_logits(model, SplitSpec(1, 1, 0), {"pixel_values": gray})
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(split, want, atol=1e-5, rtol=1e-5)
