@@ -61,10 +61,11 @@ class RayBodyServer:
         if self._body is not None:
             self._get(self.handle.load_body_state.remote(self._body), "restoring the body")
 
-    def end_round(self, weights: dict[int, float]) -> None:
+    def end_round(self, weights: dict[int, float], state: dict, round: int) -> tuple[dict, dict]:
         self._get(self.handle.end_round.remote(weights), "updating the server's body")
         if self.spec.train_body:
             self._body = self._body_state()
+        return state, {}
 
     def with_state(self, client_blob: bytes) -> bytes:
         return merge_state(client_blob, self._body)

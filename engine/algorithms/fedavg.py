@@ -48,7 +48,9 @@ class RoundServer(Protocol):
 
     def recover(self) -> None: ...  # wait for the restarted server and restore its round state
 
-    def end_round(self, weights: dict[int, float]) -> None: ...  # after the clients' FedAvg
+    def end_round(
+        self, weights: dict[int, float], state: dict[str, np.ndarray], round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...  # after FedAvg: next state + record
 
 
 @dataclass
@@ -123,8 +125,10 @@ def run_round(
         raise FedRayRuntimeError(f"round {round}: every sampled client failed: {failed}")
     weights = fedavg_weights([r.train.num_samples for r in ok], inp.weighted)
     new_state = fedavg([deserialize_state(r.blob) for r in ok], weights)
+    server_record: dict[str, Any] = {}
     if server is not None:
-        server.end_round({r.client_id: float(w) for r, w in zip(ok, weights, strict=True)})
+        client_weights = {r.client_id: float(w) for r, w in zip(ok, weights, strict=True)}
+        new_state, server_record = server.end_round(client_weights, new_state, round)
     round_s, straggler = round_time_s(times)
     totals = ledger.round_totals(round)
     record = {
@@ -144,6 +148,7 @@ def run_round(
         record["clients/failed_reasons"] = failed
     if server is not None:
         record["server/restarts"] = restarts
+        record.update(server_record)
     for name in sorted({k for r in ok for k in r.extra}):
         record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
     for name in sorted({k for r in ok for k in r.traffic}):

@@ -44,8 +44,9 @@ class LocalBodyServer:
     def recover(self) -> None:
         raise RuntimeError("an in-process body server cannot be lost")
 
-    def end_round(self, weights: dict[int, float]) -> None:
+    def end_round(self, weights: dict[int, float], state: dict, round: int) -> tuple[dict, dict]:
         self.runtime.end_round(weights)
+        return state, {}
 
     def with_state(self, client_blob: bytes) -> bytes:
         body = serialize_state(self.runtime.body_state()) if self.trains else None

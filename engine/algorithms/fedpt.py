@@ -1,0 +1,307 @@
+"""FedPT: checks, the clients' small LM (or its layer-drop emulator), and the server's proxy + distillation.
+
+A round is FedAvg's (clients LoRA-tune the small LM); then `FedPTServer.end_round` builds the
+proxy-tuned large LM, large + alpha * (small_tuned - small_base), from the black box's logits and
+distils it into the aggregated small LM on server-side public text. What it returns is the next
+round's global state.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.config import RunConfig
+from engine.data.batching import Encoded, collate, eval_batches
+from engine.errors import ConfigError
+from engine.lm.proxy import kd_loss, proxy_logits, sampling_log_probs
+from engine.methods import apply_method, get_method, load_trainable_state, trainable_state
+from engine.models import TINY_MODELS, load_model, resolve_model_path
+from engine.train import derive_seed
+
+DISTILL_STREAM = 4  # seed stream of the server's distillation batches
+
+
+def check_fedpt(cfg: RunConfig) -> None:
+    """FedPT's user errors, before anything starts (the tokenizer check needs both tokenizers)."""
+    if cfg.model.task != "causal_lm":
+        raise ConfigError("model.task", "fedpt tunes language models; use task: causal_lm")
+    from engine.lm.emulator import parse_layers
+
+    depth, budget = _shape(cfg.model.name)
+    if cfg.fedpt.small_model is None:
+        try:
+            parse_layers(cfg.fedpt.emulator_layers, depth)
+        except ValueError as exc:
+            raise ConfigError("fedpt.emulator_layers", str(exc)) from None
+    if budget is not None and cfg.model.max_length > budget:
+        raise ConfigError(
+            "model.max_length", f"{cfg.model.max_length} > the large LM's context of {budget}"
+        )
+    if cfg.fedpt.small_model is not None:
+        check_same_tokenizer(cfg.model.name, cfg.fedpt.small_model)
+
+
+def _shape(name: str) -> tuple[int, int | None]:
+    """(decoder layers, context length) from the config alone."""
+    if name in TINY_MODELS:
+        conf = TINY_MODELS.get(name)("causal_lm", 0, 8).config
+    else:
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(resolve_model_path(name))
+    return int(conf.num_hidden_layers), getattr(conf, "max_position_embeddings", None)
+
+
+def check_same_tokenizer(large: str, small: str) -> None:
+    """Proxy-tuning adds logits id by id: the pair must share one vocabulary."""
+    from engine.models import load_tokenizer
+
+    a, b = load_tokenizer(large).get_vocab(), load_tokenizer(small).get_vocab()
+    if a != b:
+        diff = len(set(a.items()) ^ set(b.items()))
+        raise ConfigError(
+            "fedpt.small_model",
+            f"{small!r} and {large!r} have different vocabularies ({diff} entries differ); "
+            "use a same-tokenizer pair",
+        )
+
+
+def small_model_path(cfg: RunConfig, public: Encoded, public_rows: np.ndarray, pad_id: int) -> str:
+    """The clients' small LM: the configured one, or the layer-drop emulator (built and cached)."""
+    f = cfg.fedpt
+    if f.small_model is not None:
+        return resolve_model_path(f.small_model)
+    from engine.assets import cache_root
+    from engine.lm.emulator import distill_emulator, layer_drop, parse_layers
+
+    key = json.dumps([cfg.model.name, f.emulator_layers, f.emulator_distill_steps,
+                      f.emulator_distill_lr, cfg.seed, cfg.model.max_length,
+                      hashlib.sha256(public_rows.tobytes()).hexdigest()])  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = cache_root() / "emulators" / f"{cfg.model.name.replace('/', '_')}-{digest}"
+    if (out / "config.json").is_file():
+        return str(out)
+    large = _load_lm(cfg.model.name, cfg.seed, pad_id)
+    keep = parse_layers(f.emulator_layers, large.config.num_hidden_layers)
+    small = layer_drop(large, keep)
+    if f.emulator_distill_steps:
+        blocks = packed_blocks(public, public_rows, cfg.model.max_length)  # [n, t], no padding
+        batches = [
+            torch.from_numpy(blocks[i : i + f.distill_batch_size])
+            for i in range(0, len(blocks), f.distill_batch_size)
+        ]
+        distill_emulator(small, large, batches, f.emulator_distill_steps,
+                         f.emulator_distill_lr, 1.0, cfg.seed)  # fmt: skip
+    tmp = out.with_name(out.name + ".tmp")
+    small.save_pretrained(tmp)
+    (tmp / "fedray_emulator.json").write_text(json.dumps({"key": json.loads(key), "layers": keep}))
+    tmp.rename(out)  # whole or not at all
+    return str(out)
+
+
+def packed_blocks(enc: Encoded, rows: np.ndarray, length: int) -> np.ndarray:
+    """The rows' token ids concatenated and cut into full blocks [n, length] (int64, no padding)."""
+    ids = np.concatenate([enc.ids[enc.offsets[r] : enc.offsets[r + 1]] for r in rows])
+    n = len(ids) // length
+    if n == 0:
+        raise ConfigError(
+            "fedpt.public_fraction",
+            f"the public text holds {len(ids)} tokens < one block of {length}",
+        )
+    return ids[: n * length].reshape(n, length).astype(np.int64)
+
+
+def _load_lm(name: str, seed: int, pad_id: int) -> torch.nn.Module:
+    return load_model(name, "causal_lm", 0, _vocab(name), seed, pad_id).eval()
+
+
+def _vocab(name: str) -> int:
+    from engine.models import load_tokenizer
+
+    return len(load_tokenizer(name))
+
+
+class FedPTServer:
+    """The FL server of FedPT (in the driver): base/tuned/student small LMs and a black-box link."""
+
+    def __init__(self, cfg: RunConfig, small_path: str, link: Any, public: Encoded,
+                 public_rows: np.ndarray, test: Encoded, pad_id: int) -> None:  # fmt: skip
+        self.cfg, self.f, self.link = cfg, cfg.fedpt, link
+        self.public, self.public_rows, self.test, self.pad_id = public, public_rows, test, pad_id
+        vocab = _vocab(cfg.model.name)
+        self.base = load_model(small_path, "causal_lm", 0, vocab, cfg.seed, pad_id).eval()
+        method = get_method(cfg.method.name)
+        params = method.params_type(**cfg.method.model_dump())
+        torch.manual_seed(cfg.seed)  # the same adapter init as the clients'
+        self.student = apply_method(copy.deepcopy(self.base), "causal_lm", params)
+        self.tuned = copy.deepcopy(self.student).eval()  # frozen by use: only under no_grad
+        self._fixed: dict[str, float] | None = None  # base large / base small: they never change
+        self.logit_bytes = 0
+
+    # -- what the runner asks of a round's server ---------------------------------------------
+    def lost(self, result: object) -> bool:
+        return False  # the link itself retries once against a restarted black box
+
+    def recover(self) -> None:
+        pass
+
+    def with_state(self, blob: bytes) -> bytes:
+        return blob  # the global small-LM state is all FedPT's server carries between rounds
+
+    def restore(self, blob: bytes) -> bytes:
+        return blob
+
+    def shutdown(self) -> None:
+        self.link.shutdown()
+
+    # -- the round ---------------------------------------------------------------------------
+    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
+        bytes0 = self.link.bytes_up + self.link.bytes_down
+        if not self.f.distill:
+            return state, {}
+        load_trainable_state(self.tuned, state)
+        load_trainable_state(self.student, state)
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
+        torch.manual_seed(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.f.distill_lr)
+        self.student.train()
+        losses = []
+        for _ in range(self.f.distill_steps):
+            rows = rng.choice(self.public_rows, size=self.f.distill_batch_size, replace=False)
+            batch = collate(self.public, np.sort(rows), self.pad_id)
+            teacher = self._proxy(batch, self.f.temperature, self.f.top_p)
+            logits = self.student(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            loss = kd_loss(logits, teacher, self.f.distill_temperature, batch["attention_mask"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        sent = self.link.bytes_up + self.link.bytes_down - bytes0
+        return trainable_state(self.student), {
+            "server/distill_loss": float(np.mean(losses)),
+            "server/logit_bytes": sent,
+        }
+
+    @torch.no_grad()
+    def _proxy(self, batch: dict, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+        """log-probs of the proxy-tuned large LM on a batch [b, t, V]."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        large = self.link.logits(ids.numpy(), mask.numpy())
+        tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
+        base = self.base(input_ids=ids, attention_mask=mask).logits
+        return sampling_log_probs(
+            proxy_logits(large, tuned, base, self.f.alpha), temperature, top_p
+        )
+
+    # -- samples -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self, state: dict, path: Path, prompt_tokens: int = 16) -> None:
+        """Greedy continuations of the first test texts by the base and the proxy-tuned large LM."""
+        from engine.models import load_tokenizer
+
+        if not self.f.generate:
+            return
+        tok = load_tokenizer(self.cfg.model.name)
+        load_trainable_state(self.tuned, state)
+        ones = lambda ids: np.ones(tuple(ids.shape), dtype=np.int8)  # noqa: E731
+
+        def large(ids: torch.Tensor) -> torch.Tensor:
+            return self.link.logits(ids.numpy(), ones(ids))
+
+        def proxy(ids: torch.Tensor) -> torch.Tensor:
+            return proxy_logits(large(ids), self.tuned(input_ids=ids).logits,
+                                self.base(input_ids=ids).logits, self.f.alpha)  # fmt: skip
+
+        lines = [f"# Greedy samples ({self.cfg.name})", ""]
+        for r in range(min(self.f.generate, len(self.test))):
+            ids = self.test.ids[self.test.offsets[r] : self.test.offsets[r + 1]][:prompt_tokens]
+            prompt = torch.from_numpy(ids.astype(np.int64))[None]
+            lines += [f"## Sample {r + 1}", "", f"prompt: {tok.decode(ids)!r}", ""]
+            for name, fn in (("base large", large), ("proxy-tuned large", proxy)):
+                out = _greedy(fn, prompt, self.f.generate_tokens)[0]
+                lines += [f"- {name}: {tok.decode(out)!r}"]
+            lines.append("")
+        path.write_text("\n".join(lines))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        """Held-out perplexity / next-token accuracy of the proxy-tuned large LM (and, once, the bases)."""
+        load_trainable_state(self.tuned, state)
+        sums: dict[str, list[float]] = {}
+        for rows in eval_batches(len(self.test), self.test.lengths, batch_size):
+            batch = collate(self.test, rows, self.pad_id)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            large = self.link.logits(ids.numpy(), mask.numpy())
+            tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
+            base = self.base(input_ids=ids, attention_mask=mask).logits
+            named = {"proxy": proxy_logits(large, tuned, base, self.f.alpha)}
+            if self._fixed is None:
+                named.update(large=large, small_base=base)
+            for name, logits in named.items():
+                _add(sums.setdefault(name, [0.0, 0, 0]), logits, ids, mask)
+        out = {f"eval/{n}_{k}": v for n, s in sums.items() for k, v in _metrics(s).items()}
+        if self._fixed is None:
+            self._fixed = {k: v for k, v in out.items() if "proxy" not in k}
+        return {**out, **self._fixed}
+
+
+def _greedy(next_logits, prompt: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Greedy continuation of prompt [1, t] for `tokens` steps; next_logits(ids) -> [1, t, V]."""
+    ids = prompt
+    for _ in range(tokens):
+        nxt = next_logits(ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+    return ids[:, prompt.shape[1] :]
+
+
+def _add(acc: list, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Next-token NLL sum, token count and hits over the real positions (as engine.train does)."""
+    logits, target = logits[:, :-1].float(), ids[:, 1:]
+    m = mask[:, 1:].bool()
+    lp = torch.log_softmax(logits[..., : logits.shape[-1]], dim=-1)
+    target = target.clamp_max(lp.shape[-1] - 1)
+    nll = -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    acc[0] += float(nll[m].sum())
+    acc[1] += int(m.sum())
+    acc[2] += int((lp.argmax(-1) == target)[m].sum())
+
+
+def _metrics(acc: list) -> dict[str, float]:
+    n = max(acc[1], 1)
+    return {"perplexity": float(np.exp(min(acc[0] / n, 50.0))), "accuracy": acc[2] / n}
+
+
+def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any, FedPTServer]:
+    """The small LM for the clients (built first), the black-box actor, and the FedPT server."""
+    from dataclasses import replace
+    from functools import partial
+
+    from engine.backend import LocalBackend
+
+    small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id)
+    factory = partial(_load_lm, cfg.model.name, cfg.seed, prep.pad_id)
+    if isinstance(backend, LocalBackend):
+        from engine.lm.blackbox import BlackBoxLM, LocalLMLink
+
+        link: Any = LocalLMLink(BlackBoxLM(factory(), cfg.fedpt.logits_dtype))
+    else:
+        from actors.lm_server import LargeLMLink, LargeLMServer
+
+        handle = LargeLMServer.options(num_cpus=cfg.fedpt.server_num_cpus).remote(
+            factory, cfg.fedpt.logits_dtype, cfg.resources.torch_threads
+        )
+        link = LargeLMLink(handle, cfg.resources.task_timeout_s)
+    server = FedPTServer(cfg, small, link, prep.public, prep.public_rows, prep.test, prep.pad_id)
+    return replace(spec, model_name=small), server

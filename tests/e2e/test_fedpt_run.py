@@ -1,0 +1,109 @@
+"""FedPT end to end on a tiny random Llama: the black-box server, proxy evaluation, distillation, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.backend import LocalBackend
+from engine.cli import main
+from engine.config import load_config
+from engine.runner import start_run
+from tests.conftest import tiny_overrides
+
+FEDPT = Path(__file__).resolve().parents[2] / "configs" / "fedpt" / "austen.yaml"
+TINY = {
+    "model.name": "tiny-llama-random",
+    "model.max_length": 32,
+    "data.max_train_samples": 240,
+    "data.max_test_samples": 24,
+    "data.partition.kind": "natural",
+    "federation.num_clients": 6,
+    "federation.clients_per_round": 2,
+    "federation.rounds": 2,
+    "fedpt.emulator_layers": "first1",
+    "fedpt.emulator_distill_steps": 2,
+    "fedpt.public_fraction": 0.1,
+    "fedpt.distill_steps": 2,
+    "fedpt.distill_batch_size": 4,
+    "fedpt.server_num_cpus": 0.5,
+    "method.r": 4,
+    "resources.num_workers": 1,
+    "eval.every": 1,
+}
+
+
+def _cfg(**extra):
+    ov = tiny_overrides(**{**TINY, **extra})
+    return load_config(FEDPT, [o for o in ov if not o.startswith("data.partition.alpha")])
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _stable(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if "wall" not in k} for r in records]
+
+
+@pytest.fixture(scope="module")
+def fedpt_run(ray_session, tmp_path_factory, monkeypatch_module) -> Path:
+    return start_run(_cfg(), out=str(tmp_path_factory.mktemp("fedpt") / "ray"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDRAY_CACHE", str(tmp_path_factory.mktemp("cache")))  # emulators built here
+    yield mp
+    mp.undo()
+
+
+def test_round_records_proxy_metrics_and_server_traffic(fedpt_run: Path) -> None:
+    recs = _records(fedpt_run)
+    assert [r["round"] for r in recs] == [1, 2]
+    for r in recs:
+        for key in ("eval/perplexity", "eval/proxy_perplexity", "eval/large_perplexity",
+                    "eval/small_base_perplexity", "server/distill_loss"):  # fmt: skip
+            assert key in r, key
+        assert r["server/logit_bytes"] > 0
+    samples = (fedpt_run / "samples.md").read_text()
+    assert samples.count("- proxy-tuned large: ") == 3 and samples.count("## Sample") == 3
+    # base models never change: their metrics are identical every round
+    assert recs[0]["eval/large_perplexity"] == recs[1]["eval/large_perplexity"]
+    clients = [json.loads(x) for x in (fedpt_run / "clients.jsonl").read_text().splitlines()]
+    summary = json.loads((fedpt_run / "summary.json").read_text())
+    for c in clients:  # devices send only the small LM's LoRA state; logits stay server-side
+        assert c["bytes_up"] == c["bytes_down"]
+        assert (
+            4 * summary["trainable_params"]
+            < c["bytes_up"]
+            < 4 * summary["trainable_params"] + 20_000
+        )
+
+
+def test_ray_equals_in_process(fedpt_run: Path, tmp_path: Path) -> None:
+    local = start_run(_cfg(), out=str(tmp_path / "local"), backend=LocalBackend())
+    assert _stable(_records(local)) == _stable(_records(fedpt_run))
+
+
+BAD = [
+    (["fedpt.alpha=-0.5"], "fedpt.alpha"),
+    (["fedpt.temperature=0"], "fedpt.temperature"),
+    (["fedpt.distill_temperature=-1"], "fedpt.distill_temperature"),
+    (["fedpt.public_split=validation"], "fedpt.public_split"),
+    (["model.task=classification"], "model.task"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD)
+def test_bad_fedpt_input_exits_2_with_one_line(overrides, expected, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    ov = [f"{k}={v}" for k, v in TINY.items()]
+    code = main(["run", str(FEDPT), *ov, *overrides, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()
