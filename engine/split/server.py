@@ -115,6 +115,10 @@ class BodyRuntime:
         body.eval()
         body.requires_grad_(spec.train_body)
         stage = spec.zero_stage
+        # ZeRO-3 swaps torch.nn.functional.linear for its own wrapper process-wide and never puts
+        # it back; the module hooks that gather partitioned weights do not need it, and other
+        # code in this process (an in-process client, the tests) must keep torch's own.
+        linear = torch.nn.functional.linear
         if spec.train_body:
             opt = torch.optim.AdamW(body.parameters(), lr=spec.lr)
             engine, *_ = deepspeed.initialize(
@@ -128,6 +132,7 @@ class BodyRuntime:
             # they run as stage 0. (init_inference is not needed.)
             stage = 0 if stage in (1, 2) else stage
             engine, *_ = deepspeed.initialize(model=body, config=_ds_config(spec, stage))
+        torch.nn.functional.linear = linear
         self.engine = engine
         self.stage = stage
         # We call engine.module, not engine(...): engine.forward hooks the outputs so that a
