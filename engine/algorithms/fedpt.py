@@ -194,12 +194,18 @@ class FedPTServer:
         }
 
     @torch.no_grad()
-    def _proxy(self, batch: dict, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
-        """log-probs of the proxy-tuned large LM on a batch [b, t, V]."""
+    def _logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The black box's, the tuned small LM's and the base small LM's logits on a batch."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         large = self.link.logits(ids.numpy(), mask.numpy())
         tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
         base = self.base(input_ids=ids, attention_mask=mask).logits
+        return large, tuned, base
+
+    @torch.no_grad()
+    def _proxy(self, batch: dict, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+        """log-probs of the proxy-tuned large LM on a batch [b, t, V]."""
+        large, tuned, base = self._logits(batch)
         return sampling_log_probs(
             proxy_logits(large, tuned, base, self.f.alpha), temperature, top_p
         )
@@ -243,9 +249,7 @@ class FedPTServer:
         for rows in eval_batches(len(self.test), self.test.lengths, batch_size):
             batch = collate(self.test, rows, self.pad_id)
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            large = self.link.logits(ids.numpy(), mask.numpy())
-            tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
-            base = self.base(input_ids=ids, attention_mask=mask).logits
+            large, tuned, base = self._logits(batch)
             named = {"proxy": proxy_logits(large, tuned, base, self.f.alpha)}
             if self._fixed is None:
                 named.update(large=large, small_base=base)

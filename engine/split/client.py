@@ -16,7 +16,7 @@ from engine.client import ClientResult, ClientTask, GlobalCache, WorkerSpec, loa
 from engine.cost import StepCostMeter, memory_estimate
 from engine.data.batching import Encoded, batch_shape, collate, make_batches
 from engine.ledger import serialize_state
-from engine.methods import load_trainable_state, trainable_state
+from engine.methods import count_parameters, load_trainable_state, trainable_state
 from engine.pruning import keep_hardest, keep_hardest_per_class, keep_random, score_batch
 from engine.split.model import ClientModel, SplitSpec, set_trainable, split_model
 from engine.split.wire import pack, unpack
@@ -79,8 +79,7 @@ class SplitClientRuntime:
         self.train_data, self.test_data = train, test
         self.model = build_client_model(spec, plan)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.total = sum(p.numel() for p in self.model.parameters())
-        self.trainable = sum(p.numel() for p in self.params)
+        self.trainable, self.total = count_parameters(self.model)
         every = list(self.model.parameters())
         self.meters = {k: StepCostMeter(every) for k in ("local", "head", "tail", "back", "score")}
         self._global = GlobalCache()
