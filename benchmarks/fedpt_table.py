@@ -4,6 +4,12 @@
     Curves too (longer):          .venv/bin/python benchmarks/fedpt_table.py --curves
     Machinery check (~2 min):     .venv/bin/python benchmarks/fedpt_table.py --smoke
 Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
+         --direct RUN_DIR (reuse a finished direct run of the same config) --in-process (no Ray)
+
+Every FedPT run also evaluates the proxy at --alphas (one training run gives the alpha curve); rows
+report the configured alpha's gap closed and the best alpha's. The curves sweep the emulator's kept
+layers (at the configured distillation steps) and its distillation steps (at the configured layers),
+plus the per-round distillation switched off; emulator builds continue shorter cached ones.
 
 "Gap closed" is measured on held-out log-perplexity (mean next-token NLL, the quantity training lowers):
 (loss_large_base - loss_proxy) / (loss_large_base - loss_large_direct); 1.0 = the proxy matches direct tuning.
@@ -48,8 +54,9 @@ SMOKE = [
     "fedpt.distill_steps=2",
     "fedpt.distill_batch_size=4",
 ]
-CURVE_LAYERS = ["first1+last1", "first2+last2", "first4+last4", "every3"]
+CURVE_LAYERS = ["first1+last1", "first2+last2", "first4+last4", "first8+last8"]
 CURVE_DISTILL = [0, 100, 300]
+ALPHAS = "[0.1, 0.25, 0.5, 1.0, 2.0]"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,22 +67,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--curves", action="store_true", help="also sweep emulator layers and distillation"
     )
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--alphas", default=ALPHAS, help="proxy strengths evaluated in every run")
+    p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
+    p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     return p.parse_args(argv)
 
 
-def run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+def run(overrides: list[str], run_dir: Path, in_process: bool = False) -> dict[str, Any]:
+    from engine.backend import LocalBackend
     from engine.runner import start_run
 
     cfg = validate_config(apply_overrides(read_yaml(BASE_CONFIG), overrides))
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        out = start_run(cfg, out=str(run_dir))
+        out = start_run(cfg, out=str(run_dir), backend=LocalBackend() if in_process else None)
+    return load_run(out, time.perf_counter() - t0)
+
+
+def load_run(out: Path, wall_s: float) -> dict[str, Any]:
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     clients = [json.loads(x) for x in (out / "clients.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     return {"records": records, "clients": clients, "summary": summary,
-            "wall_s": time.perf_counter() - t0, "run_dir": str(out)}  # fmt: skip
+            "wall_s": wall_s, "run_dir": str(out)}  # fmt: skip
+
+
+def reuse_direct(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """A finished direct run, only if its config is the one this benchmark would run."""
+    from engine.config import load_config
+
+    unused = {"fedpt", "split", "server", "pruning", "local_loss", "wandb"}  # by a fedavg run
+    want = validate_config(apply_overrides(read_yaml(BASE_CONFIG), overrides))
+    have = load_config(run_dir / "config.yaml")
+    if have.model_dump(exclude=unused) != want.model_dump(exclude=unused):
+        raise SystemExit(f"--direct {run_dir}: its config differs from this benchmark's direct run")
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return load_run(run_dir, recs[-1]["time/wall_s"])
 
 
 def _mean(xs: list[float]) -> float:
@@ -96,19 +124,44 @@ def device_costs(res: dict[str, Any]) -> dict[str, float]:
 def fedpt_row(name: str, res: dict[str, Any], direct_loss: float | None) -> dict[str, Any]:
     last = [r for r in res["records"] if "eval/proxy_perplexity" in r][-1]
     large, proxy = math.log(last["eval/large_perplexity"]), math.log(last["eval/proxy_perplexity"])
+    by_alpha = {
+        float(k[len("eval/proxy@") : -len("_perplexity")]): v
+        for k, v in last.items()
+        if k.startswith("eval/proxy@") and k.endswith("_perplexity")
+    }
     row = {
         "name": name,
         "large_base_ppl": last["eval/large_perplexity"],
         "small_base_ppl": last["eval/small_base_perplexity"],
         "small_tuned_ppl": last["eval/perplexity"],
         "proxy_ppl": last["eval/proxy_perplexity"],
+        "proxy_ppl_by_alpha": by_alpha,
         "server_logit_bytes": sum(r.get("server/logit_bytes", 0) for r in res["records"]),
         "wall_s": res["wall_s"],
         **device_costs(res),
     }
     if direct_loss is not None and large > direct_loss:
-        row["gap_closed"] = (large - proxy) / (large - direct_loss)
+        closed = lambda ppl: (large - math.log(ppl)) / (large - direct_loss)  # noqa: E731
+        row["gap_closed"] = closed(last["eval/proxy_perplexity"])
+        row["gap_closed_by_alpha"] = {a: closed(v) for a, v in by_alpha.items()}
+        if by_alpha:
+            best = min(by_alpha, key=by_alpha.get)
+            row["best_alpha"], row["gap_closed_best"] = best, closed(by_alpha[best])
+    del proxy
     return row
+
+
+def variants(curves: bool, base: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The FedPT runs: the config, then (curves) distillation off and step and layer sweeps."""
+    out = [("FedPT (config)", [])]
+    if curves:
+        out += [("no per-round distillation", ["fedpt.distill=false"])]
+        out += [(f"distil {n}", [f"fedpt.emulator_distill_steps={n}"]) for n in CURVE_DISTILL]
+        out += [(f"layers {x}", [f"fedpt.emulator_layers={x}"]) for x in CURVE_LAYERS]
+    f = base["fedpt"]  # a curve point equal to the config is the config's run
+    same = {f"fedpt.emulator_layers={f['emulator_layers']}",
+            f"fedpt.emulator_distill_steps={f['emulator_distill_steps']}"}  # fmt: skip
+    return [(n, ov) for n, ov in out if not ov or not set(ov) <= same]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,72 +173,86 @@ def main(argv: list[str] | None = None) -> int:
     stem = "fedpt_table" + ("_smoke" if args.smoke else "")
     out = Path(args.out)
     root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
-    from actors.cluster import init_ray
+    base = apply_overrides(read_yaml(BASE_CONFIG), common)
+    started = False
+    if not args.in_process:
+        from actors.cluster import init_ray
 
-    started = init_ray(None, None, False)
+        started = init_ray(None, None, False)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     try:
-        print("== direct federated LoRA of the large LM", file=sys.stderr, flush=True)
-        direct = run([*common, *DIRECT], root / "direct")
+        if args.direct:
+            direct = reuse_direct(Path(args.direct), [*common, *DIRECT])
+        else:
+            print("== direct federated LoRA of the large LM", file=sys.stderr, flush=True)
+            direct = run([*common, *DIRECT], root / "direct", args.in_process)
         d_last = [r for r in direct["records"] if "eval/perplexity" in r][-1]
         direct_row = {"name": "direct fed-LoRA large", "direct_ppl": d_last["eval/perplexity"],
-                      "wall_s": direct["wall_s"], **device_costs(direct)}  # fmt: skip
+                      "wall_s": direct["wall_s"], "run_dir": direct["run_dir"],
+                      **device_costs(direct)}  # fmt: skip
         direct_loss = math.log(d_last["eval/perplexity"])
-        variants = [("FedPT (config)", [])]
-        if args.curves:
-            variants += [(f"layers {x}", [f"fedpt.emulator_layers={x}"]) for x in CURVE_LAYERS]
-            variants += [
-                (f"distil {s}", [f"fedpt.emulator_distill_steps={s}"]) for s in CURVE_DISTILL
-            ]
-        for name, extra in variants:
+        for name, extra in variants(args.curves, base):
             print(f"== {name}", file=sys.stderr, flush=True)
+            overrides = [*common, f"fedpt.eval_alphas={args.alphas}", *extra]
             try:
-                rows.append(
-                    fedpt_row(
-                        name, run([*common, *extra], root / name.replace(" ", "_")), direct_loss
-                    )
-                )
+                res = run(overrides, root / name.replace(" ", "_"), args.in_process)
+                rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra})
             except Exception as exc:  # a failed variant is a row
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            write(out, stem, rows, direct_row, common, time.perf_counter() - t0)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+    print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0), flush=True)
+    return 0
+
+
+def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall: float) -> str:
+    """The table so far (after every run: a long sweep keeps what it measured)."""
     md = markdown(rows, direct_row)
-    md += f"\ntotal wall time {time.perf_counter() - t0:.0f} s; base {BASE_CONFIG.name} {' '.join(common)}\n"
+    md += f"\ntotal wall time {wall:.0f} s; base {BASE_CONFIG.name} {' '.join(common)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "direct": direct_row,
                                                   "overrides": common}, indent=1) + "\n")  # fmt: skip
     (out / f"{stem}.md").write_text(md)
-    print(md, flush=True)
-    return 0
+    return md
 
 
 def markdown(rows: list[dict[str, Any]], direct: dict[str, Any]) -> str:
     lines = [
         "| run | large base ppl | small base ppl | small tuned ppl | proxy-tuned large ppl | "
-        "direct large ppl | gap closed | device MB/round | device GFLOPs/round | device peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "direct large ppl | gap closed | best alpha: ppl (gap closed) | device MB/round | "
+        "device GFLOPs/round | device peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |||||||||")
+            lines.append(f"| {r['name']} | failed: {r['error']} ||||||||||")
             continue
         lines.append(
             f"| {r['name']} | {r['large_base_ppl']:.2f} | {r['small_base_ppl']:.1f} | "
             f"{r['small_tuned_ppl']:.2f} | {r['proxy_ppl']:.2f} | {direct['direct_ppl']:.2f} | "
-            f"{r.get('gap_closed', math.nan):.2f} | {r['bytes_per_client_round'] / 1e6:.2f} | "
+            f"{r.get('gap_closed', math.nan):.2f} | {best_alpha(r)} | "
+            f"{r['bytes_per_client_round'] / 1e6:.2f} | "
             f"{r['flops_per_client_round'] / 1e9:.1f} | {r['peak_memory_bytes'] / 2**20:.0f} |"
         )
     lines.append(
-        f"| direct fed-LoRA large | | | | | {direct['direct_ppl']:.2f} | 1 | "
+        f"| direct fed-LoRA large | | | | | {direct['direct_ppl']:.2f} | 1 | | "
         f"{direct['bytes_per_client_round'] / 1e6:.2f} | {direct['flops_per_client_round'] / 1e9:.1f} | "
         f"{direct['peak_memory_bytes'] / 2**20:.0f} |"
     )
     return "\n".join(lines) + "\n"
+
+
+def best_alpha(row: dict[str, Any]) -> str:
+    if "best_alpha" not in row:
+        return ""
+    a = row["best_alpha"]
+    return f"{a:g}: {row['proxy_ppl_by_alpha'][a]:.2f} ({row['gap_closed_best']:.2f})"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -172,6 +172,8 @@ class FedPTConfig(_Section):
     emulator_distill_steps: int = Field(0, ge=0)  # distil the emulator from the large LM first
     emulator_distill_lr: float = Field(1e-3, gt=0)
     alpha: float = Field(1.0, ge=0)  # proxy strength: large + alpha * (tuned - base)
+    # More proxy strengths evaluated beside alpha (eval/proxy@A_perplexity ...), for alpha curves.
+    eval_alphas: list[Annotated[float, Field(ge=0)]] = []
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     # Server-side public text: "public" = a seeded fraction of the train split no client holds,

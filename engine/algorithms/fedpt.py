@@ -9,6 +9,7 @@ round's global state.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -74,36 +75,77 @@ def check_same_tokenizer(large: str, small: str) -> None:
 
 
 def small_model_path(cfg: RunConfig, public: Encoded, public_rows: np.ndarray, pad_id: int) -> str:
-    """The clients' small LM: the configured one, or the layer-drop emulator (built and cached)."""
+    """The clients' small LM: the configured one, or the layer-drop emulator (built and cached).
+
+    A build of N distillation steps continues the longest cached build of fewer steps with the same
+    model, layers, lr, seed and public text (its optimizer state is kept beside it), so sweeping
+    `fedpt.emulator_distill_steps` upwards pays each step once; the result equals a fresh build.
+    """
     f = cfg.fedpt
     if f.small_model is not None:
         return resolve_model_path(f.small_model)
     from engine.assets import cache_root
-    from engine.lm.emulator import distill_emulator, layer_drop, parse_layers
 
-    key = json.dumps([cfg.model.name, f.emulator_layers, f.emulator_distill_steps,
-                      f.emulator_distill_lr, cfg.seed, cfg.model.max_length,
-                      hashlib.sha256(public_rows.tobytes()).hexdigest()])  # fmt: skip
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    out = cache_root() / "emulators" / f"{cfg.model.name.replace('/', '_')}-{digest}"
+    key = [cfg.model.name, f.emulator_layers, f.emulator_distill_steps, f.emulator_distill_lr,
+           cfg.seed, cfg.model.max_length, hashlib.sha256(public_rows.tobytes()).hexdigest()]  # fmt: skip
+    root = cache_root() / "emulators"
+    out = root / f"{cfg.model.name.replace('/', '_')}-{_digest(key)}"
     if (out / "config.json").is_file():
         return str(out)
-    large = _load_lm(cfg.model.name, cfg.seed, pad_id)
-    keep = parse_layers(f.emulator_layers, large.config.num_hidden_layers)
-    small = layer_drop(large, keep)
-    if f.emulator_distill_steps:
+    large = functools.cache(lambda: _load_lm(cfg.model.name, cfg.seed, pad_id))
+    small, opt, done = _emulator_start(cfg, root, key, large, pad_id)
+    if f.emulator_distill_steps > done:
+        from engine.lm.emulator import distill_emulator
+
         blocks = packed_blocks(public, public_rows, cfg.model.max_length)  # [n, t], no padding
         batches = [
             torch.from_numpy(blocks[i : i + f.distill_batch_size])
             for i in range(0, len(blocks), f.distill_batch_size)
         ]
-        distill_emulator(small, large, batches, f.emulator_distill_steps,
-                         f.emulator_distill_lr, 1.0, cfg.seed)  # fmt: skip
+        distill_emulator(small, large(), batches, f.emulator_distill_steps, f.emulator_distill_lr,
+                         1.0, cfg.seed, optimizer=opt, start=done)  # fmt: skip
     tmp = out.with_name(out.name + ".tmp")
     small.save_pretrained(tmp)
-    (tmp / "fedray_emulator.json").write_text(json.dumps({"key": json.loads(key), "layers": keep}))
+    if f.emulator_distill_steps:
+        torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
+    (tmp / EMULATOR_FILE).write_text(json.dumps({"key": key, "layers": _kept(small)}))
     tmp.rename(out)  # whole or not at all
     return str(out)
+
+
+EMULATOR_FILE = "fedray_emulator.json"
+OPTIMIZER_FILE = "distill_optimizer.pt"
+STEPS = 2  # index of the distillation steps in an emulator's cache key
+
+
+def _digest(key: list) -> str:
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def _emulator_start(cfg: RunConfig, root: Path, key: list, large: Any, pad_id: int):
+    """(emulator, its distillation optimizer, steps done): the longest cached shorter build, or a fresh cut."""
+    from engine.lm.emulator import decoder_layers, layer_drop
+
+    best, done = None, 0
+    for meta in root.glob(f"*/{EMULATOR_FILE}"):
+        other = json.loads(meta.read_text()).get("key")
+        if (isinstance(other, list) and len(other) == len(key)
+                and other[:STEPS] + other[STEPS + 1 :] == key[:STEPS] + key[STEPS + 1 :]
+                and done < other[STEPS] < key[STEPS]
+                and (meta.parent / OPTIMIZER_FILE).is_file()):  # fmt: skip
+            best, done = meta.parent, other[STEPS]
+    if best is None:
+        small = layer_drop(large(), cfg.fedpt.emulator_layers)
+    else:
+        small = load_model(str(best), "causal_lm", 0, _vocab(cfg.model.name), cfg.seed, pad_id)
+    opt = torch.optim.AdamW(decoder_layers(small).parameters(), lr=cfg.fedpt.emulator_distill_lr)
+    if best is not None:
+        opt.load_state_dict(torch.load(best / OPTIMIZER_FILE, weights_only=True))
+    return small, opt, done
+
+
+def _kept(small: torch.nn.Module) -> list[int] | None:
+    return getattr(small.config, "emulator_layers", None)
 
 
 def packed_blocks(enc: Encoded, rows: np.ndarray, length: int) -> np.ndarray:
@@ -251,6 +293,8 @@ class FedPTServer:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             large, tuned, base = self._logits(batch)
             named = {"proxy": proxy_logits(large, tuned, base, self.f.alpha)}
+            for a in self.f.eval_alphas:
+                named[f"proxy@{a:g}"] = proxy_logits(large, tuned, base, a)
             if self._fixed is None:
                 named.update(large=large, small_base=base)
             for name, logits in named.items():

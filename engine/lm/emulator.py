@@ -120,6 +120,7 @@ def distill_emulator(
     seed: int,
     trainable: str = "layers",
     optimizer: torch.optim.Optimizer | None = None,
+    start: int = 0,
 ) -> list[float]:
     """Train `student` in place towards `teacher`'s next-token distribution; the loss per step.
 
@@ -128,13 +129,16 @@ def distill_emulator(
     default only the student's decoder layers train (embeddings, norm and head stay equal to the
     teacher's); trainable="all" trains every parameter. Deterministic given `seed`.
     `optimizer` (over those parameters) continues an earlier run; default a fresh AdamW(lr).
+    `start` continues a run of the same batches and seed that stopped after `start` steps (with its
+    optimizer): steps start..steps-1 see the batches a fresh run of `steps` steps would (exact for a
+    dropout-free student such as a llama-family emulator).
     """
     if trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
     if not batches:
         raise ValueError("distill_emulator needs at least one batch")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not 0 <= start <= steps:
+        raise ValueError(f"need 0 <= start <= steps, got start={start}, steps={steps}")
     params = _select_trainable(student, trainable)
     flags = {id(p): p.requires_grad for p in student.parameters()}
     modes = (student.training, teacher.training)
@@ -150,7 +154,9 @@ def distill_emulator(
     try:
         with torch.random.fork_rng(devices=[]):  # any dropout draws from `seed`, not global state
             torch.manual_seed(seed)
-            for ids in _batch_order(batches, steps, gen):
+            for step, ids in enumerate(_batch_order(batches, steps, gen)):
+                if step < start:
+                    continue  # drawn only to keep the order of a run that starts at 0
                 with torch.no_grad():
                     target = teacher(input_ids=ids).logits  # [b, t, V]
                 loss = kd_loss(student(input_ids=ids).logits, target, temperature)

@@ -29,6 +29,7 @@ TINY = {
     "fedpt.distill_steps": 2,
     "fedpt.distill_batch_size": 4,
     "fedpt.server_num_cpus": 0.5,
+    "fedpt.eval_alphas": "[0, 1]",
     "method.r": 4,
     "resources.num_workers": 1,
     "eval.every": 1,
@@ -71,6 +72,10 @@ def test_round_records_proxy_metrics_and_server_traffic(fedpt_run: Path) -> None
         assert r["server/logit_bytes"] > 0
     samples = (fedpt_run / "samples.md").read_text()
     assert samples.count("- proxy-tuned large: ") == 3 and samples.count("## Sample") == 3
+    for r in recs:  # alpha 0 is the large LM itself; alpha 1 is the configured alpha (1.0)
+        assert r["eval/proxy@0_perplexity"] == pytest.approx(r["eval/large_perplexity"], rel=1e-6)
+        assert r["eval/proxy@1_perplexity"] == r["eval/proxy_perplexity"]
+        assert r["eval/proxy@0_perplexity"] != r["eval/proxy_perplexity"]
     # base models never change: their metrics are identical every round
     assert recs[0]["eval/large_perplexity"] == recs[1]["eval/large_perplexity"]
     clients = [json.loads(x) for x in (fedpt_run / "clients.jsonl").read_text().splitlines()]
@@ -91,6 +96,7 @@ def test_ray_equals_in_process(fedpt_run: Path, tmp_path: Path) -> None:
 
 BAD = [
     (["fedpt.alpha=-0.5"], "fedpt.alpha"),
+    (["fedpt.eval_alphas=[0.5, -1]"], "fedpt.eval_alphas"),
     (["fedpt.temperature=0"], "fedpt.temperature"),
     (["fedpt.distill_temperature=-1"], "fedpt.distill_temperature"),
     (["fedpt.public_split=validation"], "fedpt.public_split"),

@@ -187,3 +187,19 @@ def test_distill_with_a_passed_optimizer_continues_exactly():
     halves += distill_emulator(two, teacher, batch, 3, 1e-3, 1.0, 0, optimizer=opt)
     assert halves == whole
     assert distill_emulator(two, teacher, batch, 0, 1e-3, 1.0, 0) == []
+
+
+def test_distill_start_continues_a_shorter_run_over_several_batches_exactly():
+    teacher = tiny_llama()
+    batches = [ids(s, b=2, t=8) for s in range(3)]  # 7 steps: epochs of 3 shuffled batches
+    one = layer_drop(teacher, [0, 5])
+    whole = distill_emulator(one, teacher, batches, 7, 1e-3, 1.0, seed=3)
+    two = layer_drop(teacher, [0, 5])
+    opt = torch.optim.AdamW(decoder_layers(two).parameters(), lr=1e-3)
+    first = distill_emulator(two, teacher, batches, 4, 1e-3, 1.0, 3, optimizer=opt)
+    rest = distill_emulator(two, teacher, batches, 7, 1e-3, 1.0, 3, optimizer=opt, start=4)
+    assert first + rest == whole
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="start <= steps"):
+        distill_emulator(two, teacher, batches, 2, 1e-3, 1.0, 3, start=3)
