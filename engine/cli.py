@@ -1,4 +1,4 @@
-"""The `fedray` command line: run, resume, models (tune and report arrive with their issues)."""
+"""The `fedray` command line: run, resume, tune, report, models."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue a run from its last checkpoint")
     res.add_argument("run_dir", metavar="RUN_DIR")
     res.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    tune = sub.add_parser(
+        "tune",
+        help="sweep an experiment with Ray Tune",
+        description="Run the sweep in SWEEP (a YAML sweep file), or continue one with --resume.",
+    )
+    tune.add_argument("sweep", nargs="?", metavar="SWEEP", help="YAML sweep file")
+    tune.add_argument("--out", help="sweep directory (default: runs/sweeps/<name>-<N>)")
+    tune.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    tune.add_argument("--address", help="Ray cluster address (overrides the base config's)")
+    rep = sub.add_parser(
+        "report",
+        help="plots + index.md for a run or a sweep directory",
+        description="Write PNG plots and an index.md embedding them into PATH/report/.",
+    )
+    rep.add_argument("path", metavar="RUN_DIR|SWEEP_DIR")
     models = sub.add_parser(
         "models",
         help="list, fetch or verify the embedded pretrained models",
@@ -69,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             start_run(cfg, out=args.out, address=args.address)
         elif args.command == "resume":
             resume_run(args.run_dir, address=args.address)
+        elif args.command == "tune":
+            _tune(args)
+        elif args.command == "report":
+            from tuning.report import report
+
+            print(report(args.path))
         return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -85,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return RUNTIME_EXIT
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from tuning.tune import resume_sweep, run_sweep
+
+    if (args.sweep is None) == (args.resume is None):
+        raise ConfigError("SWEEP", "give a sweep file, or --resume SWEEP_DIR (not both)")
+    if args.resume:
+        resume_sweep(args.resume, address=args.address)
+    else:
+        run_sweep(args.sweep, out=args.out, address=args.address)
 
 
 # ---------------------------------------------------------------- fedray models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
 from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
+
+OnRound = Callable[[dict[str, Any]], None]
 
 
 def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
@@ -71,18 +74,27 @@ def _partition_record(prep: Prepared) -> dict[str, Any]:
 
 
 def start_run(
-    cfg: RunConfig, out: str | None = None, address: str | None = None, backend=None
+    cfg: RunConfig,
+    out: str | None = None,
+    address: str | None = None,
+    backend=None,
+    on_round: OnRound | None = None,
 ) -> Path:
-    """Validate inputs, create the run directory and run every round."""
+    """Validate inputs, create the run directory and run every round.
+
+    `on_round(record)` sees each round's record once it is written (e.g. a Tune trial reports it).
+    """
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
     rundir.write_json(run_dir / rundir.PARTITION, _partition_record(prep))
-    return _execute(cfg, prep, run_dir, address, backend, resume_from=None)
+    return _execute(cfg, prep, run_dir, address, backend, None, on_round)
 
 
-def resume_run(run_dir: str | Path, address: str | None = None, backend=None) -> Path:
+def resume_run(
+    run_dir: str | Path, address: str | None = None, backend=None, on_round: OnRound | None = None
+) -> Path:
     """Continue a run from its newest verified checkpoint; the result equals an uninterrupted run."""
     path = Path(run_dir)
     if not (path / rundir.CONFIG).is_file():
@@ -92,7 +104,7 @@ def resume_run(run_dir: str | Path, address: str | None = None, backend=None) ->
     cfg = load_config(path / rundir.CONFIG)
     prep = prepare(cfg)
     found = latest_good_checkpoint(path / rundir.CHECKPOINTS)
-    return _execute(cfg, prep, path, address, backend, resume_from=found)
+    return _execute(cfg, prep, path, address, backend, found, on_round)
 
 
 def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
@@ -108,7 +120,7 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
     )
 
 
-def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
+def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=None) -> Path:
     # Records after the checkpoint a run resumes from (or all, before the first) are redone.
     _cut_back(run_dir, resume_from[2]["round"] if resume_from is not None else 0)
     if cfg.algorithm == "centralized":
@@ -179,6 +191,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from) -> Path:
             history.append(record)
             tracker.log(record)
             print_round(record)
+            if on_round is not None:
+                on_round(record)
             if rnd % cfg.checkpoint.every == 0 or rnd == rounds:
                 meta = {
                     "ledger": ledger.state_dict(),

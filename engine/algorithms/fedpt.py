@@ -12,6 +12,8 @@ import copy
 import functools
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +106,15 @@ def small_model_path(cfg: RunConfig, public: Encoded, public_rows: np.ndarray, p
         ]
         distill_emulator(small, large(), batches, f.emulator_distill_steps, f.emulator_distill_lr,
                          1.0, cfg.seed, optimizer=opt, start=done)  # fmt: skip
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # concurrent builders (sweep trials)
     small.save_pretrained(tmp)
     if f.emulator_distill_steps:
         torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / EMULATOR_FILE).write_text(json.dumps({"key": key, "layers": _kept(small)}))
-    tmp.rename(out)  # whole or not at all
+    try:
+        tmp.rename(out)  # whole or not at all
+    except OSError:  # another process installed the same build first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 
@@ -128,6 +133,8 @@ def _emulator_start(cfg: RunConfig, root: Path, key: list, large: Any, pad_id: i
 
     best, done = None, 0
     for meta in root.glob(f"*/{EMULATOR_FILE}"):
+        if ".tmp" in meta.parent.name:
+            continue  # an unfinished build
         other = json.loads(meta.read_text()).get("key")
         if (isinstance(other, list) and len(other) == len(key)
                 and other[:STEPS] + other[STEPS + 1 :] == key[:STEPS] + key[STEPS + 1 :]

@@ -1,0 +1,96 @@
+"""Sweep files: schema errors, search-space checks, metric checks and placement sizing (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.errors import ConfigError
+from tuning.sweep import grid_size, load_sweep, reported_metrics
+from tuning.trial import trial_bundles
+from tuning.tune import check_fits
+
+ROOT = Path(__file__).resolve().parents[2]
+SFPROMPT = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
+
+
+def sweep_file(tmp_path: Path, **fields) -> Path:
+    raw = {
+        "name": "t",
+        "base": str(SFPROMPT),
+        "space": {
+            "pruning.keep_ratio": {"grid": [0.5, 1.0]},
+            "split.prompt_length": {"grid": [0, 4]},
+        },
+        "metric": "eval/accuracy",
+        **fields,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_good_sweep_loads_with_its_base_and_grid(tmp_path: Path) -> None:
+    sweep, base = load_sweep(sweep_file(tmp_path, num_samples=3))
+    assert base.algorithm == "sfprompt" and grid_size(sweep) == 2 * 2 * 3
+    assert Path(sweep.base) == SFPROMPT.resolve()
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"space": {"pruning.keep_ratoi": {"grid": [0.5]}}}, "space.pruning.keep_ratoi"),
+        ({"space": {"pruning.keep_ratio": {"grid": [0.5, 1.5]}}}, "space.pruning.keep_ratio"),
+        ({"space": {"train.lr": {"loguniform": [0, 1e-2]}}}, "space.train.lr"),
+        ({"space": {"train.lr": {"uniform": [1e-2, 1e-3]}}}, "space.train.lr"),
+        ({"space": {"train.lr": {"gird": [1e-2]}}}, "space.train.lr"),
+        ({"space": {"split.prompt_length": {"randint": [0, 9999]}}}, "space.split.prompt_length"),
+        ({"space": {}}, "space"),
+        ({"metric": "eval/perplexity"}, "metric"),
+        ({"mode": "maximum"}, "mode"),
+        ({"base": "nope.yaml"}, "base"),
+        ({"overrides": {"federation.rounds": -1}}, "overrides.federation.rounds"),
+        ({"trial": {"driver_cpus": 0}}, "trial.driver_cpus"),
+    ],
+)
+def test_bad_sweeps_name_the_key(tmp_path: Path, fields: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_sweep(sweep_file(tmp_path, **fields))
+    assert err.value.key == key, err.value
+
+
+def test_bundles_and_fits() -> None:
+    sweep, base = load_sweep_at(SFPROMPT)
+    bundles = trial_bundles(sweep, base)  # driver 0.5, body server 1, 4 clients of 1 CPU
+    assert bundles == [{"CPU": 0.5}, {"CPU": 1.0}] + [{"CPU": 1.0}] * 4
+    node = {"CPU": 8.0, "memory": 1e10}
+    assert check_fits(sweep, bundles, [node, node]) == 2  # 16 CPUs // 5.5 per trial
+    assert check_fits(sweep, bundles, [node, node, node]) == 4  # 24 // 5.5
+    with pytest.raises(ConfigError, match="needs 5.5 CPU"):
+        check_fits(sweep, bundles, [{"CPU": 2.0}])
+    with pytest.raises(ConfigError, match="no node can hold"):
+        check_fits(sweep, [{"CPU": 3.0}], [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def load_sweep_at(base: Path):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return load_sweep(sweep_file(Path(d)))
+
+
+def test_reported_metrics_follow_the_task() -> None:
+    _, base = load_sweep_at(SFPROMPT)
+    names = reported_metrics(base)
+    assert {"eval/accuracy", "eval/macro_f1", "comm/bytes_total_cum"} <= names
+    assert "eval/perplexity" not in names
+
+
+def test_every_shipped_sweep_file_loads() -> None:
+    files = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        sweep, base = load_sweep(f)
+        assert sweep.metric in reported_metrics(base), f

@@ -1,0 +1,116 @@
+"""A sweep's results: one row per trial from its fedray run, as JSON, CSV, a table and the best YAML."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from engine.config import RunConfig, dump_config
+from engine.rundir import atomic_write
+from tuning.sweep import SweepConfig, trial_config
+from tuning.trial import RUN
+
+RESULTS = "results.json"
+COLUMNS = ["trial_id", "status", "final", "best", "bytes_total", "client_flops", "virtual_s"]
+
+
+def trial_row(sweep: SweepConfig, trial_dir: Path, params: dict, error: str | None) -> dict:
+    """What one trial measured, read from its run directory (metrics.jsonl, summary.json)."""
+    run = trial_dir / RUN
+    records = []
+    if (run / "metrics.jsonl").is_file():
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    values = [r[sweep.metric] for r in records if sweep.metric in r]
+    summary_file = run / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    pick = max if sweep.mode == "max" else min
+    last = records[-1] if records else {}
+    status = "ERROR" if error else "TERMINATED" if summary else "STOPPED" if records else "PENDING"
+    return {
+        "trial_id": trial_dir.name,
+        "params": params,
+        "status": status,
+        "error": error,
+        "final": values[-1] if values else None,
+        "best": pick(values) if values else None,
+        "rounds": last.get("round"),
+        "bytes_total": last.get("comm/bytes_total_cum"),
+        "client_flops": summary.get("client_flops_per_round"),
+        "virtual_s": last.get("time/virtual_s"),
+        "run_dir": str(run) if records else None,
+    }
+
+
+def collect(sweep: SweepConfig, sweep_dir: Path, grid: Any) -> list[dict]:
+    """Rows for every trial of a Tune ResultGrid, in trial-id order."""
+    rows = []
+    for result in grid:
+        trial_dir = sweep_dir / "trials" / Path(result.path).name
+        error = None
+        if result.error is not None:
+            error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300]
+        params = {k: result.config[k] for k in sweep.space if k in result.config}
+        rows.append(trial_row(sweep, trial_dir, params, error))
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def best_row(sweep: SweepConfig, rows: list[dict]) -> dict | None:
+    done = [r for r in rows if r["final"] is not None and math.isfinite(r["final"])]
+    if not done:
+        return None
+    sign = 1 if sweep.mode == "max" else -1
+    return max(done, key=lambda r: sign * r["final"])
+
+
+def write_results(
+    sweep: SweepConfig, base: RunConfig, sweep_dir: Path, rows: list[dict], wall_s: float
+) -> str:
+    """results.json / results.csv / results.md / best.yaml in the sweep directory; prints the table."""
+    axes = list(sweep.space)
+    meta = {"name": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "axes": axes,
+            "base": sweep.base, "wall_s": wall_s}  # fmt: skip
+    atomic_write(sweep_dir / RESULTS, json.dumps({"sweep": meta, "rows": rows}, indent=1) + "\n")
+    tmp = sweep_dir / "results.csv.tmp"
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["trial_id", *axes, *COLUMNS[1:], "error"])
+        for r in rows:
+            w.writerow([r["trial_id"], *(r["params"].get(a) for a in axes),
+                        *(r[c] for c in COLUMNS[1:]), r["error"] or ""])  # fmt: skip
+    tmp.replace(sweep_dir / "results.csv")
+    table = markdown(sweep, rows)
+    best = best_row(sweep, rows)
+    if best is not None:
+        cfg = trial_config(sweep, best["params"])
+        head = f"# best trial {best['trial_id']} of sweep {sweep.name}: {sweep.metric} = {best['final']:.4g}\n"
+        atomic_write(sweep_dir / "best.yaml", head + dump_config(cfg))
+        table += f"\nbest: {best['trial_id']} {best['params']} -> {sweep_dir / 'best.yaml'}\n"
+    atomic_write(sweep_dir / "results.md", table)
+    print(table, flush=True)
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown(sweep: SweepConfig, rows: list[dict]) -> str:
+    axes = list(sweep.space)
+    head = ["trial", *axes, "status", f"final {sweep.metric}", "best", "MB total",
+            "client GFLOPs/round", "virtual s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        mb = r["bytes_total"] / 1e6 if r["bytes_total"] is not None else None
+        gf = r["client_flops"] / 1e9 if r["client_flops"] is not None else None
+        status = r["status"] + (f" ({r['error']})" if r["error"] else "")
+        cells = [r["trial_id"], *(r["params"].get(a) for a in axes), status, r["final"], r["best"],
+                 mb, gf, r["virtual_s"]]  # fmt: skip
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,191 @@
+"""Sweep files: the schema, the search space, and every user error caught before a trial starts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.config import RunConfig, apply_overrides, read_yaml, validate_config
+from engine.errors import ConfigError
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SchedulerConfig(_Section):
+    # fifo: every trial runs all its rounds; asha: stops poor trials early on the per-eval metric.
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1)  # evaluations before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TrialResources(_Section):
+    """What one trial reserves (its placement group): the trial driver, the server, the clients."""
+
+    driver_cpus: float = Field(0.5, gt=0)  # the trial's own process (FedAvg, FedPT's server side)
+    # Client workers per trial; null: the experiment's resources.num_workers, or clients per round.
+    workers: int | None = Field(None, ge=1)
+
+
+class SweepWandb(_Section):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "fedray"
+
+
+class SweepConfig(_Section):
+    name: str = "sweep"
+    base: str  # the experiment config, relative to the sweep file
+    overrides: dict[str, Any] = {}  # fixed changes to the base for every trial
+    space: dict[
+        str, dict[str, Any]
+    ]  # config key -> {grid|choice: [...]} or {uniform|...: [lo, hi]}
+    metric: str = "eval/accuracy"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(1, ge=1)  # repeats of the grid (or draws, with no grid)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    max_concurrent_trials: int | None = Field(None, ge=1)  # null: as many as the cluster fits
+    trial: TrialResources = TrialResources()
+    wandb: SweepWandb = SweepWandb()
+    seed: int = 0  # draws of random search spaces
+
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
+    """Read and check a sweep file; returns it and its validated base experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("SWEEP", f"{path} does not exist; pass a sweep YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("SWEEP", f"{path} is not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("SWEEP", f"{path} must hold a mapping of sweep fields")
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "SWEEP"
+        raise ConfigError(key, err["msg"]) from None
+    if not sweep.space:
+        raise ConfigError("space", "name at least one config key to sweep, e.g. {grid: [1, 2]}")
+    base_path = (path.parent / sweep.base).resolve()
+    if not base_path.is_file():
+        raise ConfigError("base", f"{base_path} does not exist; name the experiment config")
+    sweep = sweep.model_copy(update={"base": str(base_path)})
+    base = base_config(sweep)
+    check_space(sweep, base)
+    check_metric(sweep, base)
+    return sweep, base
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def trial_config(sweep: SweepConfig, params: dict[str, Any]) -> RunConfig:
+    """The experiment a trial runs: base + fixed overrides + the trial's parameters."""
+    items = {**sweep.overrides, **params}
+    return validate_config(
+        apply_overrides(read_yaml(sweep.base), [_override(k, v) for k, v in items.items()])
+    )
+
+
+def base_config(sweep: SweepConfig) -> RunConfig:
+    try:
+        return trial_config(sweep, {})
+    except ConfigError as exc:
+        raise ConfigError(f"overrides.{exc.key}", exc.message) from None
+
+
+def space_values(spec: dict[str, Any], key: str) -> tuple[str, list[Any]]:
+    """(kind, values): the listed values, or the [low, high] bounds of a distribution."""
+    where = f"space.{key}"
+    if len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise ConfigError(where, f"give exactly one of {', '.join(KINDS)}, e.g. {{grid: [1, 2]}}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(where, f"{kind} takes a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        ok = len(values) == 2 and all(isinstance(v, int | float) for v in values)
+        if not ok or not values[0] < values[1]:
+            raise ConfigError(where, f"{kind} takes [low, high] with low < high")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ConfigError(where, "loguniform needs low > 0")
+        if kind == "randint" and not all(isinstance(v, int) for v in values):
+            raise ConfigError(where, "randint takes integer [low, high) bounds")
+    return kind, values
+
+
+def check_space(sweep: SweepConfig, base: RunConfig) -> None:
+    """Every swept key exists and every listed value (or both bounds) passes the experiment schema."""
+    for key, spec in sweep.space.items():
+        kind, values = space_values(spec, key)
+        probe = values if kind in ("grid", "choice") else values[:1] + [_below(kind, values[1])]
+        for v in probe:
+            try:
+                trial_config(sweep, {key: v})
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"space.{key}", f"value {v!r}: {exc.key}: {exc.message}"
+                ) from None
+
+
+def _below(kind: str, high: float) -> float:
+    """The largest value a [low, high) draw can take (randint excludes high)."""
+    return high - 1 if kind == "randint" else high
+
+
+def reported_metrics(cfg: RunConfig) -> set[str]:
+    """The per-round metric names a run of this config reports (what a sweep may optimise)."""
+    out = {"train/loss", "comm/bytes_total_cum", "comm/bytes_up", "comm/bytes_down",
+           "time/virtual_s", "client/flops_mean", "eval/loss"}  # fmt: skip
+    if cfg.model.task == "causal_lm":
+        out |= {"eval/perplexity", "eval/accuracy"}
+    else:
+        out |= {"eval/accuracy", "eval/macro_f1"}
+    if cfg.algorithm == "fedpt":
+        for name in ("proxy", "large", "small_base"):
+            out |= {f"eval/{name}_perplexity", f"eval/{name}_accuracy"}
+        for a in cfg.fedpt.eval_alphas:
+            out |= {f"eval/proxy@{a:g}_perplexity", f"eval/proxy@{a:g}_accuracy"}
+    return out
+
+
+def check_metric(sweep: SweepConfig, base: RunConfig) -> None:
+    known = reported_metrics(base)
+    if sweep.metric not in known:
+        raise ConfigError(
+            "metric", f"{sweep.metric!r} is not reported by these runs; use one of {sorted(known)}"
+        )
+
+
+def search_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The Tune param space: one entry per swept key."""
+    from ray import tune
+
+    make = {
+        "grid": tune.grid_search,
+        "choice": tune.choice,
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+        "randint": lambda v: tune.randint(*v),
+    }
+    out = {}
+    for key, spec in sweep.space.items():
+        kind, values = space_values(spec, key)
+        out[key] = make[kind](values)
+    return out
+
+
+def grid_size(sweep: SweepConfig) -> int:
+    """Trials a sweep starts: the grid's cells times num_samples."""
+    cells = math.prod(len(v) for s in sweep.space.values() for k, v in s.items() if k == "grid")
+    return cells * sweep.num_samples

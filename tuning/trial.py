@@ -1,0 +1,75 @@
+"""One Tune trial = one whole fedray run, its actors reserved in the trial's placement group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.config import RunConfig
+from tuning.sweep import SweepConfig, trial_config
+
+RUN = "run"  # the trial's fedray run directory, under the trial's folder
+
+
+def trial_workers(sweep: SweepConfig, cfg: RunConfig) -> int:
+    """Client workers one trial starts: the sweep's choice, the experiment's, or clients per round."""
+    if sweep.trial.workers is not None:
+        return min(sweep.trial.workers, cfg.federation.clients_per_round)
+    n = cfg.resources.num_workers
+    return (
+        min(int(n), cfg.federation.clients_per_round)
+        if n != "auto"
+        else cfg.federation.clients_per_round
+    )
+
+
+def server_cpus(cfg: RunConfig) -> float:
+    return {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
+        cfg.algorithm, 0.0
+    )
+
+
+def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
+    """The placement group: [trial driver, server (if any), one bundle per client worker]."""
+    r = cfg.resources
+    bundles = [{"CPU": sweep.trial.driver_cpus}]
+    if server_cpus(cfg) > 0:
+        bundles.append({"CPU": server_cpus(cfg)})
+    client: dict[str, float] = {"CPU": r.client_num_cpus}
+    if r.client_num_gpus:
+        client["GPU"] = r.client_num_gpus
+    if r.client_memory_mb:
+        client["memory"] = r.client_memory_mb * 2**20
+    return bundles + [dict(client) for _ in range(trial_workers(sweep, cfg))]
+
+
+def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> None:
+    """The Tune function trainable: run (or, after a restore, resume) the trial's fedray run."""
+    from ray import tune
+
+    from engine.runner import resume_run, start_run
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(sweep, params)
+    updates = {"wandb": cfg.wandb.model_copy(update={"mode": "disabled"}),  # Tune's callback logs
+               "resources": cfg.resources.model_copy(update={"num_workers": trial_workers(sweep, cfg)})}  # fmt: skip
+    cfg = cfg.model_copy(update=updates)
+    run_dir = Path(sweep_dir) / "trials" / trial_id / RUN
+    (run_dir.parent / "params.json").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir.parent / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+    latest: dict[str, Any] = {}
+
+    def report(record: dict[str, Any]) -> None:
+        latest.update(record)
+        if sweep.metric in record:  # ASHA compares trials on evaluation rounds
+            tune.report({**latest, "round": record["round"]})
+
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        resume_run(run_dir, on_round=report)  # a restored sweep continues the trial's run exactly
+    else:
+        if run_dir.exists():  # started, but no round finished: start over
+            import shutil
+
+            shutil.rmtree(run_dir)
+        start_run(cfg, out=str(run_dir), on_round=report)

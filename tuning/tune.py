@@ -1,0 +1,149 @@
+"""`fedray tune`: a Ray Tune sweep of whole fedray runs, then its results table and best config."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import ConfigError
+from tuning.results import collect, write_results
+from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space
+from tuning.trial import run_trial, trial_bundles
+
+TUNE_DIR = "tune"  # Tune's own experiment folder inside the sweep directory
+SWEEP_FILE = "sweep.yaml"  # the sweep as run (base resolved): what --resume reads back
+
+
+def new_sweep_dir(out: str | None, name: str, root: str = "runs/sweeps") -> Path:
+    if out:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError("--out", f"{path} is not empty; pick a new folder or use --resume")
+        return path.resolve()
+    base = Path(root)
+    n = 1
+    while (base / f"{name}-{n}").exists():
+        n += 1
+    return (base / f"{name}-{n}").resolve()
+
+
+def check_fits(sweep: SweepConfig, bundles: list[dict[str, float]], nodes: list[dict]) -> int:
+    """Trials that fit at once; a trial the cluster can never place is a ConfigError."""
+    total = {k: sum(b.get(k, 0.0) for b in bundles) for k in ("CPU", "GPU", "memory")}
+    have = {k: sum(n.get(k, 0.0) for n in nodes) for k in total}
+    for k, need in total.items():
+        if need > have[k] + 1e-9:
+            raise ConfigError(
+                "trial",
+                f"one trial needs {need:g} {k} (driver + server + {len(bundles)} bundles) but the "
+                f"cluster has {have[k]:g}; lower trial.workers, trial.driver_cpus or the experiment's "
+                "resources",
+            )
+    for b in bundles:
+        if not any(all(b.get(k, 0) <= n.get(k, 0) + 1e-9 for k in b) for n in nodes):
+            raise ConfigError("trial", f"no node can hold a bundle {b}; lower its resources")
+    fits = min(int(have[k] // total[k] + 1e-9) for k in total if total[k] > 0)
+    return max(1, fits)
+
+
+def _nodes() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def run_sweep(path: str, out: str | None = None, address: str | None = None) -> Path:
+    """Check the sweep, start (or join) Ray, run every trial, write the results. Returns the sweep dir."""
+    sweep, base = load_sweep(path)
+    sweep_dir = new_sweep_dir(out, sweep.name)
+    return _run(sweep, base, sweep_dir, address, restore=False)
+
+
+def resume_sweep(sweep_dir: str, address: str | None = None) -> Path:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones resume their runs."""
+    d = Path(sweep_dir).resolve()
+    if not (d / SWEEP_FILE).is_file() or not (d / TUNE_DIR).is_dir():
+        raise ConfigError("--resume", f"{d} is not a fedray sweep directory (no {SWEEP_FILE})")
+    sweep, base = load_sweep(d / SWEEP_FILE)
+    return _run(sweep, base, d, address, restore=True)
+
+
+def _run(
+    sweep: SweepConfig, base: Any, sweep_dir: Path, address: str | None, restore: bool
+) -> Path:
+    from ray import tune
+
+    from actors.cluster import init_ray
+
+    os.environ["WANDB_MODE"] = sweep.wandb.mode  # Ray's W&B callback reads only the variable
+    started = init_ray(address or base.ray.address, base.ray.num_cpus, False)
+    try:
+        bundles = trial_bundles(sweep, base)
+        fits = check_fits(sweep, bundles, _nodes())
+        concurrent = min(sweep.max_concurrent_trials or fits, fits)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not restore:
+            (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(), sort_keys=False))
+        trainable = tune.with_resources(
+            partial(run_trial, sweep=sweep, sweep_dir=str(sweep_dir)),
+            tune.PlacementGroupFactory(bundles),
+        )
+        print(f"sweep {sweep.name}: {grid_size(sweep)} trial(s), {concurrent} at a time, "
+              f"each {bundles}; results in {sweep_dir}", flush=True)  # fmt: skip
+        t0 = time.perf_counter()
+        if restore:
+            tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(sweep),
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric,
+                    mode=sweep.mode,
+                    num_samples=sweep.num_samples,
+                    scheduler=_scheduler(sweep),
+                    max_concurrent_trials=concurrent,
+                    trial_dirname_creator=lambda t: t.trial_id,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(sweep_dir),
+                    callbacks=_callbacks(sweep),
+                    verbose=1,
+                ),
+            )
+        tuner.fit()
+        rows = collect(sweep, sweep_dir, tuner.get_results())
+        write_results(sweep, base, sweep_dir, rows, time.perf_counter() - t0)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return sweep_dir
+
+
+def _scheduler(sweep: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = sweep.scheduler
+    if s.name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def _callbacks(sweep: SweepConfig) -> list:
+    if sweep.wandb.mode == "disabled":
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    return [WandbLoggerCallback(project=sweep.wandb.project, group=sweep.name)]
