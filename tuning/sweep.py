@@ -56,7 +56,6 @@ class SweepConfig(_Section):
     seed: int = 0  # draws of random search spaces
 
 
-
 def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
     """Read and check a sweep file; returns it and its validated base experiment config."""
     path = Path(path)
