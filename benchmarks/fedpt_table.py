@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphas", default=ALPHAS, help="proxy strengths evaluated in every run")
     p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
     p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
+    p.add_argument("--only", nargs="+", default=None, help="run only variants whose name has one")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     return p.parse_args(argv)
 
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                       "wall_s": direct["wall_s"], "run_dir": direct["run_dir"],
                       **device_costs(direct)}  # fmt: skip
         direct_loss = math.log(d_last["eval/perplexity"])
-        for name, extra in variants(args.curves, base):
+        chosen = [(n, ov) for n, ov in variants(args.curves, base)
+                  if args.only is None or any(o in n for o in args.only)]  # fmt: skip
+        for name, extra in chosen:
             print(f"== {name}", file=sys.stderr, flush=True)
             overrides = [*common, f"fedpt.eval_alphas={args.alphas}", *extra]
             try:

@@ -11,6 +11,9 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
 
+    def __reduce__(self):  # copy/pickle (Ray ships a trial's error across processes) keep both
+        return (type(self), (self.key, self.message))
+
 
 class FedRayRuntimeError(RuntimeError):
     """A failure during a run (exit status 1); the run directory stays resumable."""

@@ -50,8 +50,9 @@ def collect(sweep: SweepConfig, sweep_dir: Path, grid: Any) -> list[dict]:
     for result in grid:
         trial_dir = sweep_dir / "trials" / Path(result.path).name
         error = None
-        if result.error is not None:
-            error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300]
+        if result.error is not None:  # Ray wraps the trial's exception: its last line names it
+            lines = [x.strip() for x in str(result.error).splitlines() if x.strip()]
+            error = (lines[-1] if lines else type(result.error).__name__)[:300]
         params = {k: result.config[k] for k in sweep.space if k in result.config}
         rows.append(trial_row(sweep, trial_dir, params, error))
     return sorted(rows, key=lambda r: r["trial_id"])

@@ -113,7 +113,7 @@ def _run(
                 run_config=tune.RunConfig(
                     name=TUNE_DIR,
                     storage_path=str(sweep_dir),
-                    callbacks=_callbacks(sweep),
+                    callbacks=_callbacks(sweep, sweep_dir),
                     verbose=1,
                 ),
             )
@@ -141,9 +141,15 @@ def _scheduler(sweep: SweepConfig):
     return FIFOScheduler()
 
 
-def _callbacks(sweep: SweepConfig) -> list:
+def _callbacks(sweep: SweepConfig, sweep_dir: Path) -> list:
+    """One W&B run per trial, grouped by sweep, its files under SWEEP_DIR/wandb (offline: sync later)."""
     if sweep.wandb.mode == "disabled":
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    return [WandbLoggerCallback(project=sweep.wandb.project, group=sweep.name)]
+    (sweep_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return [
+        WandbLoggerCallback(
+            project=sweep.wandb.project, group=sweep.name, dir=str(sweep_dir / "wandb")
+        )
+    ]

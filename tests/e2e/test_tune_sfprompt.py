@@ -106,3 +106,30 @@ def test_bad_sweep_exits_2_before_any_trial(ray_session, tmp_path, capsys, field
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
     assert not (out / "trials").exists()  # no trial started
+
+
+def test_failed_trial_is_a_row_and_a_restored_sweep_keeps_finished_trials(
+    ray_session, tmp_path, monkeypatch
+) -> None:
+    """A prompt longer than the tiny model's positions fails in its trial only; --resume reruns
+    just that one (it fails again) and leaves the finished trial's run untouched."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    space = {"split.prompt_length": {"grid": [4, 600]}}
+    sweep = write_sweep(tmp_path, space=space)
+    out = tmp_path / "sweep"
+    assert main(["tune", str(sweep), "--out", str(out)]) == 0
+    rows = {
+        r["params"]["split.prompt_length"]: r
+        for r in json.loads((out / "results.json").read_text())["rows"]
+    }
+    assert rows[4]["status"] == "TERMINATED" and rows[4]["final"] is not None
+    assert rows[600]["status"] == "ERROR" and "prompt" in rows[600]["error"], rows[600]["error"]
+    metrics = Path(rows[4]["run_dir"]) / "metrics.jsonl"
+    before = (metrics.stat().st_mtime_ns, metrics.read_text())
+    assert main(["tune", "--resume", str(out)]) == 0
+    again = {
+        r["params"]["split.prompt_length"]: r
+        for r in json.loads((out / "results.json").read_text())["rows"]
+    }
+    assert again[4] == rows[4] and again[600]["status"] == "ERROR"
+    assert (metrics.stat().st_mtime_ns, metrics.read_text()) == before

@@ -73,3 +73,14 @@ def test_every_shipped_config_validates_and_names_its_command() -> None:
             load_config(f)
     for f in files:
         assert isinstance(yaml.safe_load(f.read_text()), dict)
+
+
+def test_config_error_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    from engine.errors import ConfigError
+
+    err = ConfigError("split.prompt_length", "too long")
+    for back in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+        assert (back.key, back.message, str(back)) == (err.key, err.message, str(err))
