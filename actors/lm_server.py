@@ -31,7 +31,14 @@ class LargeLMServer:
     def ready(self) -> dict:
         return {"pid": os.getpid(), "vocab_size": self.lm.vocab_size, "params": self.lm.num_params}
 
+    def crash_after(self, calls: int) -> None:
+        """Fault injection: this process dies in the middle of its `calls`-th next request."""
+        self._crash_in = calls
+
     def logits(self, blob: bytes) -> bytes:
+        self._crash_in = getattr(self, "_crash_in", 0) - 1
+        if self._crash_in == 0:
+            os._exit(1)  # a real crash: no cleanup, the caller's request is in flight
         torch.set_num_threads(self.threads)  # per calling thread (OpenMP), as in BodyServer
         return self.lm.logits_blob(blob)
 

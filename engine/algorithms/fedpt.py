@@ -213,6 +213,7 @@ class FedPTServer:
     # -- the round ---------------------------------------------------------------------------
     def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
         bytes0 = self.link.bytes_up + self.link.bytes_down
+        restarts0 = getattr(self.link, "restarts", 0)
         if not self.f.distill:
             return state, {}
         load_trainable_state(self.tuned, state)
@@ -240,6 +241,8 @@ class FedPTServer:
         return trainable_state(self.student), {
             "server/distill_loss": float(np.mean(losses)),
             "server/logit_bytes": sent,
+            # the black box died mid-request and the link retried against its restart (stateless)
+            "server/restarts": getattr(self.link, "restarts", 0) - restarts0,
         }
 
     @torch.no_grad()
