@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report(args.path))
         return 0
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return USAGE_EXIT
     except FedRayRuntimeError as exc:
         print(
@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return RUNTIME_EXIT
+
+
+def _one_line(text: str) -> str:
+    """The error contract is one stderr line: a key or value holding a line break shows it as \\n."""
+    return "\\n".join(text.splitlines())
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydantic
 import yaml
 from pydantic import Field
@@ -111,3 +112,33 @@ def round_time_s(client_times: Mapping[int, float]) -> tuple[float, int]:
         raise ValueError("round_time_s needs at least one client time")
     straggler = min(client_times, key=lambda cid: (-client_times[cid], cid))
     return float(client_times[straggler]), straggler
+
+
+def assign_profiles(
+    mix: Mapping[str, float] | None, default: str, num_clients: int, seed: int
+) -> list[DeviceProfile]:
+    """Each client's device: `mix` shares turned into counts (largest remainder), seeded shuffle.
+
+    With no mix every client gets `default`. Counts are exact: shares 0.5/0.3/0.2 of 10 clients
+    give 5/3/2 devices whatever the seed; the seed only decides which client gets which.
+    """
+    if not mix:
+        return [load_device_profile(default)] * num_clients
+    names = list(mix)
+    profiles = {}
+    for name in names:
+        try:
+            profiles[name] = load_device_profile(name)
+        except ConfigError as exc:
+            raise ConfigError(f"devices.mix.{name}", exc.message) from None
+    shares = np.array([mix[n] for n in names], dtype=np.float64)
+    exact = shares / shares.sum() * num_clients
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: num_clients - counts.sum()]:
+        counts[i] += 1
+    slots = [n for n, c in zip(names, counts, strict=True) for _ in range(c)]
+    order = np.random.default_rng([seed, DEVICE_STREAM]).permutation(num_clients)
+    return [profiles[slots[i]] for i in order]
+
+
+DEVICE_STREAM = 7  # seed stream of the device assignment

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,25 @@ from engine.methods import method_params_union
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # inf/nan are never meaningful settings (a learning rate of .inf would start a doomed run).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        # pydantic reads true/false as 1/0 for numbers; YAML's yes/on/true are never a count or a rate.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(f"{key}: expected a number, got {value!r}")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes a number and no bool (int, float, int | None, int | "auto" ...)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return bool not in args and any(a in (int, float) for a in args)
 
 
 class ModelConfig(_Section):
@@ -56,6 +75,12 @@ class FederationConfig(_Section):
     clients_per_round: int = Field(5, ge=1)
     rounds: int = Field(5, ge=1)
     aggregation: Literal["weighted", "unweighted"] = "weighted"
+    # Synchronous rounds with a deadline in virtual seconds: a client whose download + compute +
+    # upload would end later is dropped (the server stops waiting at the deadline). null: no deadline.
+    round_deadline_s: float | None = Field(None, gt=0)
+    # Sample ceil(clients_per_round * oversample) clients and aggregate the first clients_per_round
+    # reports (by virtual finish time) that arrive: absorbs unavailable, failed and late clients.
+    oversample: float = Field(1.0, ge=1.0, le=10.0)
 
     @model_validator(mode="after")
     def _fits(self) -> FederationConfig:
@@ -99,6 +124,19 @@ class ResourcesConfig(_Section):
         if isinstance(self.num_workers, int) and self.num_workers < 1:
             raise ValueError("num_workers: must be >= 1 or 'auto'")
         return self
+
+
+class DevicesConfig(_Section):
+    """A heterogeneous population: device profiles assigned to clients by proportion (seeded)."""
+
+    # profile name (configs/devices) or YAML path -> share of the clients; null: every client is
+    # resources.device_profile. Shares are normalised; each client's profile is in partition.json.
+    mix: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    # A device's memory budget (profile memory_mb) is enforced: a client whose training peak
+    # exceeds it fails with the reason recorded (clients/failed), as an out-of-memory app would.
+    enforce_memory: bool = True
+    # Each sampled client shows up with its profile's availability probability (seeded).
+    use_availability: bool = True
 
 
 class RayConfig(_Section):
@@ -193,7 +231,7 @@ class FedPTConfig(_Section):
 
 class RunConfig(_Section):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators refuse negative seeds
     algorithm: Literal["fedavg", "centralized", "sfprompt", "fedpt"] = "fedavg"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -202,6 +240,7 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    devices: DevicesConfig = DevicesConfig()
     ray: RayConfig = RayConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     wandb: WandbConfig = WandbConfig()
@@ -220,7 +259,10 @@ def _default_method() -> Any:
 
 def parse_value(text: str) -> Any:
     """A CLI override value is YAML: `3` is an int, `1e-3` a float, `[a, b]` a list, `null` None."""
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except Exception:  # noqa: BLE001 - YAML's constructors raise ValueError, KeyError ... too
+        raise ValueError(f"{text!r} is not a YAML value; quote it or fix the syntax") from None
     # YAML 1.1 reads 1e-3 as a string; the user meant a number.
     if isinstance(value, str):
         try:
@@ -246,7 +288,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
             node = child
-        node[parts[-1]] = parse_value(text)
+        try:
+            node[parts[-1]] = parse_value(text)
+        except ValueError as exc:
+            raise ConfigError(key.strip(), str(exc)) from None
     return out
 
 
@@ -285,12 +330,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("CONFIG", f"no such file {str(p)!r}; pass the path of a YAML config")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError("CONFIG", f"{p} is not UTF-8 text; pass a YAML config") from None
+    try:
+        raw = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - YAML's constructors raise ValueError, KeyError ... too
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError("CONFIG", f"{p} is not valid YAML{where}; fix the syntax") from None
-    return raw or {}
+    if raw is None:  # an empty file is a truncated or wrong file, not "every default"
+        raise ConfigError("CONFIG", f"{p} is empty; write {{}} to run every default")
+    if not isinstance(raw, dict):
+        raise ConfigError("CONFIG", f"{p} must be a mapping of sections, not a {type(raw).__name__}")
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.clock import DeviceProfile, load_device_profile
+from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import RunConfig
 from engine.data.batching import Encoded, Pixels, encode, eval_batches
 from engine.data.partition import label_histograms, make_partition
@@ -32,6 +32,7 @@ class Prepared:
     parts: list[np.ndarray]  # row indices per client
     histograms: list[list[int]]
     profile: DeviceProfile
+    profiles: list[DeviceProfile]  # per client (devices.mix), else [profile] * num_clients
     train_spec: TrainSpec
     lr: float
     pad_id: int
@@ -107,6 +108,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
     profile = load_device_profile(cfg.resources.device_profile)
     fed = cfg.federation
+    profiles = assign_profiles(
+        cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
+    )
     if fed.num_clients > len(splits.train_labels):
         raise ConfigError(
             "federation.num_clients",
@@ -168,6 +172,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         parts=parts,
         histograms=hist,
         profile=profile,
+        profiles=profiles,
         train_spec=spec,
         lr=lr,
         pad_id=pad_id,

@@ -67,8 +67,10 @@ def _partition_record(prep: Prepared) -> dict[str, Any]:
         "num_clients": len(prep.parts),
         "label_names": prep.splits.label_names,
         "clients": [
-            {"client": i, "size": int(len(p)), "label_histogram": h}
-            for i, (p, h) in enumerate(zip(prep.parts, prep.histograms, strict=True))
+            {"client": i, "size": int(len(p)), "label_histogram": h, "device": d.name}
+            for i, (p, h, d) in enumerate(
+                zip(prep.parts, prep.histograms, prep.profiles, strict=True)
+            )
         ],
     }
 
@@ -115,6 +117,11 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
         seed=cfg.seed,
         spec=prep.train_spec,
         profile=prep.profile,
+        profiles=prep.profiles,
+        deadline_s=cfg.federation.round_deadline_s,
+        oversample=cfg.federation.oversample,
+        enforce_memory=cfg.devices.enforce_memory,
+        use_availability=cfg.devices.use_availability,
         eval_batch_size=cfg.eval.batch_size,
         task=cfg.model.task,
     )

@@ -14,6 +14,7 @@ ROUND_KEYS = frozenset(
         "clients/sampled",
         "clients/completed",
         "clients/failed",
+        "clients/dropped",
         "train/loss",
     }
 )

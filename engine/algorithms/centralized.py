@@ -55,6 +55,7 @@ ZERO_KEYS = (
     "clients/sampled",
     "clients/completed",
     "clients/failed",
+    "clients/dropped",
 )
 
 

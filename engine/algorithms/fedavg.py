@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 
 SAMPLING_STREAM = 1  # seed stream ids keep sampling and training randomness independent
 TRAINING_STREAM = 2
+AVAILABILITY_STREAM = 3
 
 
 def sample_clients(num_clients: int, k: int, seed: int, round: int) -> np.ndarray:
@@ -39,6 +41,17 @@ class RoundInputs:
     profile: DeviceProfile
     eval_batch_size: int
     task: str
+    profiles: list[DeviceProfile] | None = None  # per client; None: `profile` for every client
+    deadline_s: float | None = None  # virtual seconds; later clients are dropped
+    oversample: float = 1.0  # sample ceil(k * oversample), aggregate the first k reports
+    enforce_memory: bool = True  # a client over its device's memory fails
+    use_availability: bool = True  # a sampled client shows up with its device's availability
+
+    def device(self, client: int) -> DeviceProfile:
+        return self.profiles[client] if self.profiles is not None else self.profile
+
+    def sampled(self) -> int:
+        return min(self.num_clients, math.ceil(self.clients_per_round * self.oversample - 1e-9))
 
 
 class RoundServer(Protocol):
@@ -70,7 +83,9 @@ def run_round(
     on_result: Callable[[ClientResult], None],
     server: RoundServer | None = None,
 ) -> RoundOutcome:
-    ids = sample_clients(inp.num_clients, inp.clients_per_round, inp.seed, round)
+    ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round)
+    dropped = unavailable(ids, inp, round)
+    ids_run = [int(c) for c in ids if int(c) not in dropped]
     tasks = [
         ClientTask(
             round=round,
@@ -79,9 +94,9 @@ def run_round(
             seed=derive_seed(inp.seed, round, int(c), TRAINING_STREAM),
             spec=inp.spec,
         )
-        for c in ids
+        for c in ids_run
     ]
-    results = backend.run_clients(tasks, global_blob, on_result)
+    results = backend.run_clients(tasks, global_blob, on_result) if tasks else {}
     restarts = 0
     if server is not None and any(server.lost(r) for r in results.values()):
         # The server died mid-round: wait for its restart, then redo the round once from the
@@ -90,7 +105,20 @@ def run_round(
         restarts = 1
         results = backend.run_clients(tasks, global_blob, on_result)
     ok = [results[c] for c in sorted(results) if isinstance(results[c], ClientResult)]
-    failed = {c: repr(r) for c, r in results.items() if not isinstance(r, ClientResult)}
+    if inp.enforce_memory:  # an app over the device's memory is killed: its update never arrives
+        for r in ok:
+            cap = inp.device(r.client_id).memory_bytes
+            if r.peak_memory_bytes > cap:
+                results[r.client_id] = (
+                    f"memory: training peak {r.peak_memory_bytes / 2**20:.0f} MiB > "
+                    f"{inp.device(r.client_id).name}'s {cap / 2**20:.0f} MiB"
+                )
+        ok = [r for r in ok if isinstance(results[r.client_id], ClientResult)]
+    failed = {
+        c: r if isinstance(r, str) else repr(r)
+        for c, r in results.items()
+        if not isinstance(r, ClientResult)
+    }
     rows, times = [], {}
     for r in ok:
         down = ledger.record(round, r.client_id, "down", "trainable_state", r.bytes_down)
@@ -100,7 +128,8 @@ def run_round(
             nbytes = ledger.record(round, r.client_id, direction, kind, nbytes)
             down, up = (down + nbytes, up) if direction == "down" else (down, up + nbytes)
         ledger.record_compute(round, r.client_id, r.train.flops, r.peak_memory_bytes)
-        t = client_time_s(inp.profile, flops=r.train.flops, bytes_down=down, bytes_up=up)
+        dev = inp.device(r.client_id)
+        t = client_time_s(dev, flops=r.train.flops, bytes_down=down, bytes_up=up)
         times[r.client_id] = t["total_s"]
         rows.append(
             {
@@ -117,19 +146,30 @@ def run_round(
                 **r.traffic,
                 **r.extra,
                 **{f"virtual_{k}": v for k, v in t.items()},
+                "device": dev.name,
             }
         )
-    if not ok:
-        from engine.errors import FedRayRuntimeError
+    if not ok and failed and not any(isinstance(r, str) for r in results.values()):
+        from engine.errors import FedRayRuntimeError  # every client crashed: not a device limit
 
         raise FedRayRuntimeError(f"round {round}: every sampled client failed: {failed}")
-    weights = fedavg_weights([r.train.num_samples for r in ok], inp.weighted)
-    new_state = fedavg([deserialize_state(r.blob) for r in ok], weights)
+    accepted, late = arrivals(times, inp)
+    dropped.update(late)
+    for row in rows:
+        row["accepted"] = row["client"] in accepted
+        if row["client"] in late:
+            row["dropped"] = late[row["client"]]
+    used = [r for r in ok if r.client_id in accepted]
     server_record: dict[str, Any] = {}
-    if server is not None:
-        client_weights = {r.client_id: float(w) for r, w in zip(ok, weights, strict=True)}
-        new_state, server_record = server.end_round(client_weights, new_state, round)
-    round_s, straggler = round_time_s(times)
+    if used:
+        weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
+        new_state = fedavg([deserialize_state(r.blob) for r in used], weights)
+        if server is not None:
+            client_weights = {r.client_id: float(w) for r, w in zip(used, weights, strict=True)}
+            new_state, server_record = server.end_round(client_weights, new_state, round)
+    else:  # nobody reported in time: the global state stays
+        new_state = deserialize_state(global_blob)
+    round_s, straggler = round_duration(times, accepted, late, inp)
     totals = ledger.round_totals(round)
     record = {
         "round": round,
@@ -138,14 +178,17 @@ def run_round(
         "comm/bytes_total_cum": ledger.cumulative_bytes(),
         "time/round_virtual_s": round_s,
         "clients/sampled": len(ids),
-        "clients/completed": len(ok),
+        "clients/completed": len(used),
         "clients/failed": len(failed),
+        "clients/dropped": len(dropped),
         "clients/straggler": straggler,
-        "train/loss": float(np.mean([r.train.loss for r in ok])),
-        "client/flops_mean": float(np.mean([r.train.flops for r in ok])),
+        "train/loss": float(np.mean([r.train.loss for r in ok])) if ok else float("nan"),
+        "client/flops_mean": float(np.mean([r.train.flops for r in ok])) if ok else 0.0,
     }
     if failed:
         record["clients/failed_reasons"] = failed
+    if dropped:
+        record["clients/dropped_reasons"] = {c: dropped[c] for c in sorted(dropped)}
     if server is not None:
         record["server/restarts"] = restarts
         record.update(server_record)
@@ -154,6 +197,39 @@ def run_round(
     for name in sorted({k for r in ok for k in r.traffic}):
         record[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
     return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
+
+
+def unavailable(ids: np.ndarray, inp: RoundInputs, round: int) -> dict[int, str]:
+    """Sampled clients that do not show up this round (seeded per round, per client)."""
+    if not inp.use_availability:
+        return {}
+    u = np.random.default_rng(derive_seed(inp.seed, round, AVAILABILITY_STREAM)).random(
+        inp.num_clients
+    )
+    return {int(c): "unavailable" for c in ids if u[int(c)] >= inp.device(int(c)).availability}
+
+
+def arrivals(times: dict[int, float], inp: RoundInputs) -> tuple[set[int], dict[int, str]]:
+    """(clients aggregated, {client: why dropped}): the deadline, then the first k reports."""
+    late = {
+        c: "deadline" for c, t in times.items() if inp.deadline_s is not None and t > inp.deadline_s
+    }
+    on_time = sorted((t, c) for c, t in times.items() if c not in late)
+    for _, c in on_time[inp.clients_per_round :]:  # over-sampled: enough reports already
+        late[c] = "oversampled"
+    return {c for _, c in on_time[: inp.clients_per_round]}, late
+
+
+def round_duration(
+    times: dict[int, float], accepted: set[int], late: dict[int, str], inp: RoundInputs
+) -> tuple[float, int]:
+    """The virtual round time: the server waits for the last accepted report, or the deadline."""
+    missed = [c for c, why in late.items() if why == "deadline"]
+    if missed:  # it waited until the deadline for the late ones; the slowest is the straggler
+        return float(inp.deadline_s), max(missed, key=lambda c: (times[c], -c))
+    if accepted:
+        return round_time_s({c: times[c] for c in accepted})
+    return 0.0, -1
 
 
 def evaluate_global(
