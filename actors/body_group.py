@@ -77,5 +77,9 @@ class RayBodyServer:
             self._body = body
         return client
 
+    def crash_after(self, requests: int = 3) -> None:
+        """Fault injection (faults.server_kill_round): the actor dies inside a later request."""
+        self._get(self.handle.crash_after.remote(requests), "arming the server fault")
+
     def shutdown(self) -> None:
         ray.kill(self.handle)

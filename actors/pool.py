@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
@@ -39,13 +40,21 @@ def pool_size(requested: int | str, clients_per_round: int, cpus: float, per_wor
 
 class RayBackend:
     def __init__(
-        self, num_workers: int, resources: WorkerResources, timeout_s: float, owns_ray: bool = False
+        self,
+        num_workers: int,
+        resources: WorkerResources,
+        timeout_s: float,
+        owns_ray: bool = False,
+        retries: int = 1,
     ) -> None:
         self.num_workers = num_workers
         self.owns_ray = owns_ray
         self.resources = resources
         self.timeout_s = timeout_s
+        self.retries = retries  # per client task whose worker died
         self.workers: list = []
+        self.last_retries = 0  # client tasks retried in the last run_clients call
+        self.replaced = 0  # dead workers replaced so far
 
     def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
         from actors.worker import ClientWorker
@@ -54,10 +63,10 @@ class RayBackend:
         opts: dict = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
         if self.resources.memory_bytes:
             opts["memory"] = self.resources.memory_bytes
-        self.workers = [
-            ClientWorker.options(**opts).remote(spec, train_ref, test_ref, link)
-            for _ in range(self.num_workers)
-        ]
+        self._new_worker = lambda: ClientWorker.options(**opts).remote(
+            spec, train_ref, test_ref, link
+        )
+        self.workers = [self._new_worker() for _ in range(self.num_workers)]
         infos = self._get([w.ready.remote() for w in self.workers], "starting client workers")
         self._info = infos[0]
 
@@ -84,6 +93,8 @@ class RayBackend:
         pending: dict = {}  # ref -> (task, worker index)
         load = [0] * len(self.workers)
         out: dict[int, ClientResult | Exception] = {}
+        attempts: dict[int, int] = {}
+        self.last_retries = 0
 
         def submit() -> None:
             while queue:
@@ -110,10 +121,26 @@ class RayBackend:
                 res = ray.get(done[0], timeout=self.timeout_s)
                 on_result(res)
                 out[task.client_id] = res
-            except (RayActorError, RayTaskError) as exc:
+            except RayActorError as exc:  # the worker process died: replace it, maybe retry
+                self._replace(w)
+                n = attempts.get(task.client_id, 0)
+                if n < self.retries:
+                    attempts[task.client_id] = n + 1
+                    self.last_retries += 1
+                    queue.appendleft(replace(task, fault=None))  # same seed: the same result
+                else:
+                    out[task.client_id] = exc
+            except RayTaskError as exc:  # the client's code raised: a failed client
                 out[task.client_id] = exc
             submit()
         return out
+
+    def _replace(self, w: int) -> None:
+        """A fresh worker in slot w (client workers hold no state a client needs across tasks)."""
+        with contextlib.suppress(Exception):
+            ray.kill(self.workers[w])
+        self.workers[w] = self._new_worker()
+        self.replaced += 1
 
     def evaluate(
         self, version: int, global_blob: bytes, shards: list[list[np.ndarray]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import ray
 
 from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
@@ -25,6 +28,10 @@ class ClientWorker:
         return self.runtime.initial_state()
 
     def train_client(self, task: ClientTask, global_blob: bytes) -> ClientResult:
+        if task.fault == "kill":
+            os._exit(1)  # an injected crash: no cleanup, the task is in flight
+        if task.fault and task.fault.startswith("delay:"):
+            time.sleep(float(task.fault.split(":", 1)[1]))
         return self.runtime.train_client(task, global_blob)
 
     def evaluate(self, version: int, global_blob: bytes, batches: list) -> list[dict]:

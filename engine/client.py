@@ -60,6 +60,7 @@ class ClientTask:
     rows: np.ndarray  # row indices of the client's local data in the train split
     seed: int
     spec: TrainSpec
+    fault: str | None = None  # injected by faults.*: "kill" or "delay:<seconds>" (never on a retry)
 
 
 @dataclass

@@ -139,6 +139,20 @@ class DevicesConfig(_Section):
     use_availability: bool = True
 
 
+class FaultsConfig(_Section):
+    """Fault injection for testing a setup (off by default); every draw is seeded."""
+
+    client_kill_prob: float = Field(0.0, ge=0, le=1)  # a client task kills its worker process
+    client_delay_prob: float = Field(0.0, ge=0, le=1)  # a client task first sleeps client_delay_s
+    client_delay_s: float = Field(0.0, ge=0)  # wall seconds (the virtual clock is not affected)
+    server_kill_round: int | None = Field(
+        None, ge=1
+    )  # the server actor dies mid-request this round
+    # A client task whose worker died: retried this many times on the replaced worker (the same
+    # seed, so the result is what it would have been), then counted in clients/failed.
+    client_retries: int = Field(1, ge=0, le=5)
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: connect to a cluster
     num_cpus: int | None = Field(None, ge=1)  # local Ray only
@@ -241,6 +255,7 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
     devices: DevicesConfig = DevicesConfig()
+    faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     wandb: WandbConfig = WandbConfig()
@@ -342,7 +357,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:  # an empty file is a truncated or wrong file, not "every default"
         raise ConfigError("CONFIG", f"{p} is empty; write {{}} to run every default")
     if not isinstance(raw, dict):
-        raise ConfigError("CONFIG", f"{p} must be a mapping of sections, not a {type(raw).__name__}")
+        raise ConfigError(
+            "CONFIG", f"{p} must be a mapping of sections, not a {type(raw).__name__}"
+        )
     return raw
 
 

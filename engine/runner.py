@@ -59,7 +59,9 @@ def make_backend(cfg: RunConfig, address: str | None = None):
     mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
     resources = WorkerResources(r.client_num_cpus, mem, r.client_num_gpus)
     # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
-    return RayBackend(n, resources, r.task_timeout_s, owns_ray=started)
+    return RayBackend(
+        n, resources, r.task_timeout_s, owns_ray=started, retries=cfg.faults.client_retries
+    )
 
 
 def _partition_record(prep: Prepared) -> dict[str, Any]:
@@ -122,6 +124,9 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
         oversample=cfg.federation.oversample,
         enforce_memory=cfg.devices.enforce_memory,
         use_availability=cfg.devices.use_availability,
+        kill_prob=cfg.faults.client_kill_prob,
+        delay_prob=cfg.faults.client_delay_prob,
+        delay_s=cfg.faults.client_delay_s,
         eval_batch_size=cfg.eval.batch_size,
         task=cfg.model.task,
     )
@@ -177,6 +182,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                 file=sys.stderr,
                 disable=None,
             )
+            if cfg.faults.server_kill_round == rnd and hasattr(server, "crash_after"):
+                server.crash_after()  # injected: the server actor dies inside a request
             out = run_round(
                 rnd, blob, inp, prep, backend, ledger, lambda _r, bar=bar: bar.update(1), server
             )

@@ -21,6 +21,7 @@ from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 SAMPLING_STREAM = 1  # seed stream ids keep sampling and training randomness independent
 TRAINING_STREAM = 2
 AVAILABILITY_STREAM = 3
+FAULT_STREAM = 5
 
 
 def sample_clients(num_clients: int, k: int, seed: int, round: int) -> np.ndarray:
@@ -46,6 +47,9 @@ class RoundInputs:
     oversample: float = 1.0  # sample ceil(k * oversample), aggregate the first k reports
     enforce_memory: bool = True  # a client over its device's memory fails
     use_availability: bool = True  # a sampled client shows up with its device's availability
+    kill_prob: float = 0.0  # faults: a client task kills its worker (seeded)
+    delay_prob: float = 0.0  # faults: a client task sleeps delay_s wall seconds first
+    delay_s: float = 0.0
 
     def device(self, client: int) -> DeviceProfile:
         return self.profiles[client] if self.profiles is not None else self.profile
@@ -93,6 +97,7 @@ def run_round(
             rows=prep.parts[c],
             seed=derive_seed(inp.seed, round, int(c), TRAINING_STREAM),
             spec=inp.spec,
+            fault=injected_fault(inp, round, int(c)),
         )
         for c in ids_run
     ]
@@ -181,6 +186,7 @@ def run_round(
         "clients/completed": len(used),
         "clients/failed": len(failed),
         "clients/dropped": len(dropped),
+        "clients/retried": int(getattr(backend, "last_retries", 0)),
         "clients/straggler": straggler,
         "train/loss": float(np.mean([r.train.loss for r in ok])) if ok else float("nan"),
         "client/flops_mean": float(np.mean([r.train.flops for r in ok])) if ok else 0.0,
@@ -197,6 +203,18 @@ def run_round(
     for name in sorted({k for r in ok for k in r.traffic}):
         record[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
     return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
+
+
+def injected_fault(inp: RoundInputs, round: int, client: int) -> str | None:
+    """faults.*: what this client's first attempt suffers this round (seeded, independent draws)."""
+    if not (inp.kill_prob or inp.delay_prob):
+        return None
+    kill, delay = np.random.default_rng(derive_seed(inp.seed, round, client, FAULT_STREAM)).random(
+        2
+    )
+    if kill < inp.kill_prob:
+        return "kill"
+    return f"delay:{inp.delay_s:g}" if delay < inp.delay_prob else None
 
 
 def unavailable(ids: np.ndarray, inp: RoundInputs, round: int) -> dict[int, str]:

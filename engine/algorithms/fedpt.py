@@ -210,6 +210,14 @@ class FedPTServer:
     def shutdown(self) -> None:
         self.link.shutdown()
 
+    def crash_after(self, requests: int = 2) -> None:
+        """Fault injection (faults.server_kill_round): the black box dies inside a later request."""
+        handle = getattr(self.link, "handle", None)
+        if handle is not None:  # the in-process black box has no process to kill
+            import ray
+
+            ray.get(handle.crash_after.remote(requests), timeout=60)
+
     # -- the round ---------------------------------------------------------------------------
     def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
         bytes0 = self.link.bytes_up + self.link.bytes_down
