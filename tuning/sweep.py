@@ -63,7 +63,9 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
         raise ConfigError("SWEEP", f"{path} does not exist; pass a sweep YAML file")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError:
+        raise ConfigError("SWEEP", f"{path} is not UTF-8 text; pass a sweep YAML file") from None
+    except (yaml.YAMLError, ValueError, KeyError, RecursionError) as exc:  # bad tags, dates, depth
         raise ConfigError("SWEEP", f"{path} is not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise ConfigError("SWEEP", f"{path} must hold a mapping of sweep fields")

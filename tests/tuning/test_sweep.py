@@ -94,3 +94,14 @@ def test_every_shipped_sweep_file_loads() -> None:
     for f in files:
         sweep, base = load_sweep(f)
         assert sweep.metric in reported_metrics(base), f
+
+
+@pytest.mark.parametrize(
+    "text", [b"\xff\xfe\x00garbage", b"a: [1, 2", b"x: !!int abc", b"- just\n- a list\n"]
+)
+def test_unreadable_sweep_files_are_config_errors(tmp_path: Path, text: bytes) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert err.value.key == "SWEEP"
