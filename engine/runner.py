@@ -108,6 +108,16 @@ def resume_run(
     cfg = load_config(path / rundir.CONFIG)
     prep = prepare(cfg)
     found = latest_good_checkpoint(path / rundir.CHECKPOINTS)
+    if found is None:
+        print(
+            f"resume: {path} has no usable checkpoint; starting it again from round 1",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"resume: {path} continues after round {found[2]['round']} ({found[0].name})",
+            file=sys.stderr,
+        )
     return _execute(cfg, prep, path, address, backend, found, on_round)
 
 
