@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
     p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
     p.add_argument("--only", nargs="+", default=None, help="run only variants whose name has one")
+    p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
+                   help="no runs: plot the curves of these result files into --png")  # fmt: skip
+    p.add_argument("--png", default=str(ROOT / "docs" / "img" / "fedpt_curves.png"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     return p.parse_args(argv)
 
@@ -165,8 +168,74 @@ def variants(curves: bool, base: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return [(n, ov) for n, ov in out if not ov or not set(ov) <= same]
 
 
+def plot_curves(files: list[str], png: str) -> None:
+    """Gap closed vs distillation steps and vs layers kept (alpha 1 and the best alpha)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for f in files:
+        for r in json.loads(Path(f).read_text())["rows"]:
+            if "gap_closed" in r:
+                rows[tuple(r.get("overrides", []))] = r
+    layers, steps = (
+        _curve(rows, "fedpt.emulator_layers="),
+        _curve(rows, "fedpt.emulator_distill_steps="),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, pts, xlabel in ((axes[0], steps, "emulator distillation steps (first4+last4)"),
+                            (axes[1], layers, "decoder layers kept of 30 (100 distillation steps)")):  # fmt: skip
+        xs = [x for x, _ in pts]
+        ax.plot(xs, [r["gap_closed"] for _, r in pts], "o-", label="alpha = 1")
+        ax.plot(xs, [r["gap_closed_best"] for _, r in pts], "s--", label="best alpha of 0.1-2")
+        for x, r in pts:
+            ax.annotate(f"small {r['small_base_ppl']:.0f}", (x, r["gap_closed_best"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=8)  # fmt: skip
+            if r["gap_closed"] < -0.3:  # off the axis: say where
+                ax.annotate(f"alpha 1: {r['gap_closed']:.1f}", (x, -0.28), fontsize=8)
+        ax.axhline(0.5, color="grey", ls=":", label="target: half the gap")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("gap closed to direct fed-LoRA (log-perplexity)")
+    axes[0].set_ylim(-0.3, 0.6)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("FedPT on SmolLM2-135M (per-round distillation off): proxy-tuned large LM vs emulator "
+                 f"size and distillation (labels: emulator base perplexity; large LM "
+                 f"{next(iter(rows.values()))['large_base_ppl']:.1f})", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    print(png)
+
+
+def _curve(rows: dict, prefix: str) -> list[tuple[int, dict]]:
+    """(x, row) for the runs that vary one key (distillation off); the config's run at its value."""
+    base = rows.get(("fedpt.distill=false",))
+    pts = []
+    for ov, r in rows.items():
+        keys = [o for o in ov if o.startswith(prefix)]
+        if keys and "fedpt.distill=false" in ov or (keys and len(ov) == 1):
+            v = keys[0].split("=", 1)[1]
+            pts.append((_layers(v) if "layers" in prefix else int(v), r))
+    if base is not None:
+        pts.append((8 if "layers" in prefix else 100, base))
+    return sorted(pts, key=lambda p: p[0])
+
+
+def _layers(spec: str) -> int:
+    return sum(
+        int(part[5:]) if part.startswith("first") else int(part[4:]) for part in spec.split("+")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot:
+        plot_curves(args.plot, args.png)
+        return 0
     common = list(SMOKE if args.smoke else [])
     if args.rounds:
         common += [f"federation.rounds={args.rounds}", f"eval.every={args.rounds}"]
