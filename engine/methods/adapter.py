@@ -22,6 +22,7 @@ from engine.methods.common import check_task, family, head_names, model_type, tr
 DEFAULT_TARGETS = {
     "bert": ["attention.output.dense", "output.dense"],
     "llama": ["self_attn.o_proj", "mlp.down_proj"],
+    "vit": ["attention.o_proj", "mlp.fc2"],
 }
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 

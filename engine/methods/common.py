@@ -30,12 +30,14 @@ def model_type(model: torch.nn.Module) -> str:
 
 
 def family(model: torch.nn.Module) -> str | None:
-    """ "bert", "llama" or None for an architecture whose module names we do not know."""
+    """ "bert", "llama", "vit" or None for an architecture whose module names we do not know."""
     mtype = model_type(model)
     if mtype in BERT_FAMILY:
         return "bert"
     if mtype in LLAMA_FAMILY:
         return "llama"
+    if mtype == "vit":
+        return "vit"
     return None
 
 

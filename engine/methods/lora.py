@@ -14,6 +14,7 @@ from engine.methods.common import check_task, family, wrap_with_peft
 # Llama: every attention and MLP projection, the usual choice for causal LMs (QLoRA).
 DEFAULT_TARGETS = {
     "bert": ["query", "value"],
+    "vit": ["q_proj", "v_proj"],  # transformers 5 names ViT attention like llama
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
