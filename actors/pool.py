@@ -146,11 +146,27 @@ class RayBackend:
         self, version: int, global_blob: bytes, shards: list[list[np.ndarray]]
     ) -> list[list[dict]]:
         blob_ref = ray.put(global_blob)
-        refs = [
-            self.workers[i % len(self.workers)].evaluate.remote(version, blob_ref, shard)
-            for i, shard in enumerate(shards)
-        ]
-        return self._get(refs, "evaluating the global model")
+        for attempt in (0, 1):
+            refs = [
+                self.workers[i % len(self.workers)].evaluate.remote(version, blob_ref, shard)
+                for i, shard in enumerate(shards)
+            ]
+            try:
+                return self._get(refs, "evaluating the global model")
+            except RayActorError:  # a worker died (e.g. its node left): replace the dead, retry
+                if attempt:
+                    raise
+                for w in range(len(self.workers)):
+                    if not self._alive(w):
+                        self._replace(w)
+        raise AssertionError("unreachable")
+
+    def _alive(self, w: int) -> bool:
+        try:
+            ray.get(self.workers[w].ready.remote(), timeout=self.timeout_s)
+            return True
+        except (RayActorError, GetTimeoutError):
+            return False
 
     def shutdown(self) -> None:
         for w in self.workers:

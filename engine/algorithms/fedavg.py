@@ -187,6 +187,8 @@ def run_round(
         "clients/failed": len(failed),
         "clients/dropped": len(dropped),
         "clients/retried": int(getattr(backend, "last_retries", 0)),
+        # dead worker processes replaced so far in this run (a killed task, a lost node)
+        "clients/workers_replaced": int(getattr(backend, "replaced", 0)),
         "clients/straggler": straggler,
         "train/loss": float(np.mean([r.train.loss for r in ok])) if ok else float("nan"),
         "client/flops_mean": float(np.mean([r.train.flops for r in ok])) if ok else 0.0,

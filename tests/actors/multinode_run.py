@@ -1,0 +1,68 @@
+"""Run by tests/actors/test_multinode.py in its own process: a 4-node Ray cluster on one machine
+(ray.cluster_utils.Cluster), three client workers spread one per node, a node removed after round 1.
+
+Prints one JSON line: the nodes the workers ran on, and the per-round records of the run on the
+cluster and of the same config in process (the reference)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from engine.backend import LocalBackend  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.runner import start_run  # noqa: E402
+from tests.conftest import tiny_overrides  # noqa: E402
+
+
+def main(out: Path) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    over = tiny_overrides(**{"federation.rounds": 4, "train.local_steps": 6, "resources.num_workers": 3,
+                             "resources.client_num_cpus": 1, "resources.task_timeout_s": 120})  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", over)
+    seen: dict[str, str] = {}
+    removed: list[str] = []
+
+    def watch() -> None:
+        """Record where the workers run; once round 1 is written, remove a node hosting one."""
+        run_dir = out / "cluster"
+        while not removed:
+            # the GCS actor table (the state API needs the dashboard, which runs are started without)
+            for actor_id, a in ray._private.state.actors().items():
+                if a["ActorClassName"] == "ClientWorker" and a["State"] == "ALIVE":
+                    seen[actor_id] = a["Address"]["NodeID"]
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.is_file() and metrics.read_text().strip() and seen:
+                worker_nodes = set(seen.values())
+                victim = next(n for n in nodes if n.node_id in worker_nodes)
+                time.sleep(0.5)  # into round 2: its worker is busy with a client
+                cluster.remove_node(victim, allow_graceful=False)
+                removed.append(victim.node_id)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    run = start_run(cfg, out=str(out / "cluster"))
+    t.join(timeout=5)
+    ray.shutdown()
+    cluster.shutdown()
+    ref = start_run(cfg, out=str(out / "local"), backend=LocalBackend())
+    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    print(json.dumps({"worker_nodes": sorted(set(seen.values())), "removed": removed,
+                      "cluster": read(run), "local": read(ref)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
