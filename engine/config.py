@@ -153,6 +153,15 @@ class FaultsConfig(_Section):
     client_retries: int = Field(1, ge=0, le=5)
 
 
+class PrivacyConfig(_Section):
+    """Client-level DP for FedAvg (DP-FedAvg): clip each client's update, add Gaussian noise."""
+
+    dp: bool = False
+    clip_norm: float = Field(1.0, gt=0)  # L2 norm bound of one client's update (all tensors)
+    noise_multiplier: float = Field(1.0, ge=0)  # noise std = noise_multiplier * clip_norm / m
+    delta: float = Field(1e-5, gt=0, lt=1)  # the delta of the reported (epsilon, delta)
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: connect to a cluster
     num_cpus: int | None = Field(None, ge=1)  # local Ray only
@@ -256,6 +265,7 @@ class RunConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     devices: DevicesConfig = DevicesConfig()
     faults: FaultsConfig = FaultsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     ray: RayConfig = RayConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     wandb: WandbConfig = WandbConfig()

@@ -103,6 +103,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         from engine.algorithms.fedpt import check_fedpt
 
         check_fedpt(cfg)
+    if cfg.privacy.dp and cfg.algorithm != "fedavg":
+        raise ConfigError(
+            "privacy.dp", f"client-level DP applies to algorithm: fedavg, not {cfg.algorithm}"
+        )
     splits, tok = _load_splits(cfg)
     if cfg.model.task == "classification" and splits.num_labels < 2:
         raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")

@@ -134,6 +134,9 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
         oversample=cfg.federation.oversample,
         enforce_memory=cfg.devices.enforce_memory,
         use_availability=cfg.devices.use_availability,
+        dp=(cfg.privacy.clip_norm, cfg.privacy.noise_multiplier, cfg.privacy.delta)
+        if cfg.privacy.dp
+        else None,
         kill_prob=cfg.faults.client_kill_prob,
         delay_prob=cfg.faults.client_delay_prob,
         delay_s=cfg.faults.client_delay_s,

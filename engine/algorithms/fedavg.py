@@ -22,6 +22,7 @@ SAMPLING_STREAM = 1  # seed stream ids keep sampling and training randomness ind
 TRAINING_STREAM = 2
 AVAILABILITY_STREAM = 3
 FAULT_STREAM = 5
+DP_STREAM = 6
 
 
 def sample_clients(num_clients: int, k: int, seed: int, round: int) -> np.ndarray:
@@ -47,6 +48,7 @@ class RoundInputs:
     oversample: float = 1.0  # sample ceil(k * oversample), aggregate the first k reports
     enforce_memory: bool = True  # a client over its device's memory fails
     use_availability: bool = True  # a sampled client shows up with its device's availability
+    dp: tuple[float, float, float] | None = None  # privacy: (clip_norm, noise_multiplier, delta)
     kill_prob: float = 0.0  # faults: a client task kills its worker (seeded)
     delay_prob: float = 0.0  # faults: a client task sleeps delay_s wall seconds first
     delay_s: float = 0.0
@@ -166,7 +168,18 @@ def run_round(
             row["dropped"] = late[row["client"]]
     used = [r for r in ok if r.client_id in accepted]
     server_record: dict[str, Any] = {}
-    if used:
+    if used and inp.dp is not None:  # DP-FedAvg: clipped updates, fixed denominator, noise
+        from engine.privacy import dp_aggregate, epsilon
+
+        clip, z, delta = inp.dp
+        rng = np.random.default_rng(derive_seed(inp.seed, round, DP_STREAM))
+        new_state, server_record = dp_aggregate(
+            deserialize_state(global_blob), [deserialize_state(r.blob) for r in used],
+            clip, z, inp.clients_per_round, rng,
+        )  # fmt: skip
+        q = inp.clients_per_round / inp.num_clients
+        server_record["privacy/epsilon"] = epsilon(z, q, round, delta)
+    elif used:
         weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
         new_state = fedavg([deserialize_state(r.blob) for r in used], weights)
         if server is not None:
@@ -199,7 +212,7 @@ def run_round(
         record["clients/dropped_reasons"] = {c: dropped[c] for c in sorted(dropped)}
     if server is not None:
         record["server/restarts"] = restarts
-        record.update(server_record)
+    record.update(server_record)
     for name in sorted({k for r in ok for k in r.extra}):
         record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
     for name in sorted({k for r in ok for k in r.traffic}):
