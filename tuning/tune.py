@@ -143,13 +143,13 @@ def _scheduler(sweep: SweepConfig):
 
 def _callbacks(sweep: SweepConfig, sweep_dir: Path) -> list:
     """One W&B run per trial, grouped by sweep, its files under SWEEP_DIR/wandb (offline: sync later)."""
+    # wandb.init(dir=D) writes into D/wandb
     if sweep.wandb.mode == "disabled":
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    (sweep_dir / "wandb").mkdir(parents=True, exist_ok=True)
     return [
         WandbLoggerCallback(
-            project=sweep.wandb.project, group=sweep.name, dir=str(sweep_dir / "wandb")
+            project=sweep.wandb.project, group=sweep.name, dir=str(sweep_dir)
         )
     ]
