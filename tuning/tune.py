@@ -148,8 +148,4 @@ def _callbacks(sweep: SweepConfig, sweep_dir: Path) -> list:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    return [
-        WandbLoggerCallback(
-            project=sweep.wandb.project, group=sweep.name, dir=str(sweep_dir)
-        )
-    ]
+    return [WandbLoggerCallback(project=sweep.wandb.project, group=sweep.name, dir=str(sweep_dir))]

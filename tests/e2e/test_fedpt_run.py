@@ -95,22 +95,10 @@ def test_ray_equals_in_process(fedpt_run: Path, tmp_path: Path) -> None:
 
 
 def test_black_box_crash_mid_distillation_is_retried_and_changes_nothing(
-    fedpt_run: Path, tmp_path: Path, monkeypatch
+    fedpt_run: Path, tmp_path: Path
 ) -> None:
-    from engine import runner
-
-    real_round = runner.run_round
-
-    def crash_in_round_2(rnd, *args, **kwargs):
-        if rnd == 2:
-            import ray
-
-            server = args[-1]  # the FedPT server; its link holds the black-box actor
-            ray.get(server.link.handle.crash_after.remote(2), timeout=60)  # dies inside a request
-        return real_round(rnd, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "run_round", crash_in_round_2)
-    recs = _records(start_run(_cfg(), out=str(tmp_path / "crash")))
+    # faults.server_kill_round: the black-box actor dies inside a request of round 2
+    recs = _records(start_run(_cfg(**{"faults.server_kill_round": 2}), out=str(tmp_path / "crash")))
     assert [r["server/restarts"] for r in recs] == [0, 1]
     drop = lambda rs: [{k: v for k, v in r.items() if k != "server/restarts"} for r in rs]  # noqa: E731
     assert drop(_stable(recs)) == drop(_stable(_records(fedpt_run)))

@@ -194,21 +194,10 @@ def test_bad_task_and_missing_head_are_errors():
 
 
 def test_lora_has_default_targets_for_vit() -> None:
-    from transformers import ViTConfig, ViTForImageClassification
-
     from engine.methods.lora import apply_lora
+    from engine.models import TINY_MODELS
 
-    vit = ViTForImageClassification(
-        ViTConfig(
-            num_hidden_layers=1,
-            hidden_size=32,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=7,
-            num_channels=1,
-        )  # fmt: skip
-    )
+    vit = TINY_MODELS.get("tiny-vit-random")("classification", 3, 0)
     model = apply_lora(vit, "classification", r=2)
     lora = {n.split(".lora_")[0] for n, p in model.named_parameters() if "lora_" in n}
     assert {x.rsplit(".", 1)[-1] for x in lora} == {"q_proj", "v_proj"}
