@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,33 +27,26 @@ def main(out: Path) -> None:
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    over = tiny_overrides(**{"federation.rounds": 4, "train.local_steps": 6, "resources.num_workers": 3,
+    over = tiny_overrides(**{"federation.rounds": 4, "resources.num_workers": 3,
                              "resources.client_num_cpus": 1, "resources.task_timeout_s": 120})  # fmt: skip
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", over)
     seen: dict[str, str] = {}
     removed: list[str] = []
 
-    def watch() -> None:
-        """Record where the workers run; once round 1 is written, remove a node hosting one."""
-        run_dir = out / "cluster"
-        while not removed:
-            # the GCS actor table (the state API needs the dashboard, which runs are started without)
-            for actor_id, a in ray._private.state.actors().items():
-                if a["ActorClassName"] == "ClientWorker" and a["State"] == "ALIVE":
-                    seen[actor_id] = a["Address"]["NodeID"]
-            metrics = run_dir / "metrics.jsonl"
-            if metrics.is_file() and metrics.read_text().strip() and seen:
-                worker_nodes = set(seen.values())
-                victim = next(n for n in nodes if n.node_id in worker_nodes)
-                time.sleep(0.5)  # into round 2: its worker is busy with a client
-                cluster.remove_node(victim, allow_graceful=False)
-                removed.append(victim.node_id)
-            time.sleep(0.2)
+    def after_round(record: dict) -> None:
+        """After round 1: note where the workers run, then remove a node hosting one (its
+        worker dies with it; round 2 sends that worker a client and must recover)."""
+        if record["round"] != 1:
+            return
+        # the GCS actor table (the state API needs the dashboard, which runs are started without)
+        for actor_id, a in ray._private.state.actors().items():
+            if a["ActorClassName"] == "ClientWorker" and a["State"] == "ALIVE":
+                seen[actor_id] = a["Address"]["NodeID"]
+        victim = next(n for n in nodes if n.node_id in set(seen.values()))
+        cluster.remove_node(victim, allow_graceful=False)
+        removed.append(victim.node_id)
 
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    run = start_run(cfg, out=str(out / "cluster"))
-    t.join(timeout=5)
+    run = start_run(cfg, out=str(out / "cluster"), on_round=after_round)
     ray.shutdown()
     cluster.shutdown()
     ref = start_run(cfg, out=str(out / "local"), backend=LocalBackend())
