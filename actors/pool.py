@@ -146,20 +146,21 @@ class RayBackend:
         self, version: int, global_blob: bytes, shards: list[list[np.ndarray]]
     ) -> list[list[dict]]:
         blob_ref = ray.put(global_blob)
-        for attempt in (0, 1):
+
+        def shards_out() -> list[list[dict]]:
             refs = [
                 self.workers[i % len(self.workers)].evaluate.remote(version, blob_ref, shard)
                 for i, shard in enumerate(shards)
             ]
-            try:
-                return self._get(refs, "evaluating the global model")
-            except RayActorError:  # a worker died (e.g. its node left): replace the dead, retry
-                if attempt:
-                    raise
-                for w in range(len(self.workers)):
-                    if not self._alive(w):
-                        self._replace(w)
-        raise AssertionError("unreachable")
+            return self._get(refs, "evaluating the global model")
+
+        try:
+            return shards_out()
+        except RayActorError:  # a worker died (e.g. its node left): replace the dead, once more
+            for w in range(len(self.workers)):
+                if not self._alive(w):
+                    self._replace(w)
+            return shards_out()
 
     def _alive(self, w: int) -> bool:
         try:

@@ -16,16 +16,19 @@ PARTITION = "partition.json"
 CHECKPOINTS = "checkpoints"
 
 
-def new_run_dir(out: str | None, name: str, root: str = "runs") -> Path:
-    """--out DIR if given (must be empty or absent), else runs/<name>-<N> with the next free N."""
+def new_run_dir(
+    out: str | None, name: str, root: str = "runs", resume: str = "fedray resume"
+) -> Path:
+    """--out DIR if given (must be empty or absent), else <root>/<name>-<N> with the next free N.
+
+    `resume` names the command that continues an existing directory (in the error).
+    """
     if out:
         path = Path(out)
         if path.exists() and any(path.iterdir()):
             from engine.errors import ConfigError
 
-            raise ConfigError(
-                "--out", f"{path} is not empty; pick a new folder or use fedray resume"
-            )
+            raise ConfigError("--out", f"{path} is not empty; pick a new folder or use {resume}")
         return path
     base = Path(root)
     n = 1

@@ -43,6 +43,13 @@ def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
     )
 
 
+def server_cpus(cfg: RunConfig) -> float:
+    """The Ray CPUs of the run's server actor: SFPrompt's body server, FedPT's black box, or none."""
+    return {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
+        cfg.algorithm, 0.0
+    )
+
+
 def make_backend(cfg: RunConfig, address: str | None = None):
     """Start (or join) Ray and size the client worker pool from config and cluster resources."""
     from actors.cluster import cluster_cpus, init_ray
@@ -50,11 +57,8 @@ def make_backend(cfg: RunConfig, address: str | None = None):
 
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
     r = cfg.resources
-    # SFPrompt's body server takes its CPUs first; the client workers share the rest.
-    reserved = {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
-        cfg.algorithm, 0.0
-    )
-    free = max(cluster_cpus() - reserved, r.client_num_cpus)
+    # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs first; workers share the rest.
+    free = max(cluster_cpus() - server_cpus(cfg), r.client_num_cpus)
     n = pool_size(r.num_workers, cfg.federation.clients_per_round, free, r.client_num_cpus)
     mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
     resources = WorkerResources(r.client_num_cpus, mem, r.client_num_gpus)

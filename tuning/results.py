@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import RunConfig, dump_config
-from engine.rundir import atomic_write
+from engine.rundir import atomic_write, read_metrics
 from tuning.sweep import SweepConfig, trial_config
 from tuning.trial import RUN
 
@@ -20,9 +20,7 @@ COLUMNS = ["trial_id", "status", "final", "best", "bytes_total", "client_flops",
 def trial_row(sweep: SweepConfig, trial_dir: Path, params: dict, error: str | None) -> dict:
     """What one trial measured, read from its run directory (metrics.jsonl, summary.json)."""
     run = trial_dir / RUN
-    records = []
-    if (run / "metrics.jsonl").is_file():
-        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    records = read_metrics(run)
     values = [r[sweep.metric] for r in records if sweep.metric in r]
     summary_file = run / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}

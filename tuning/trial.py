@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import RunConfig
+from engine.rundir import CONFIG
+from engine.runner import server_cpus
 from tuning.sweep import SweepConfig, trial_config
 
 RUN = "run"  # the trial's fedray run directory, under the trial's folder
@@ -21,12 +23,6 @@ def trial_workers(sweep: SweepConfig, cfg: RunConfig) -> int:
         min(int(n), cfg.federation.clients_per_round)
         if n != "auto"
         else cfg.federation.clients_per_round
-    )
-
-
-def server_cpus(cfg: RunConfig) -> float:
-    return {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
-        cfg.algorithm, 0.0
     )
 
 
@@ -56,7 +52,7 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> Non
                "resources": cfg.resources.model_copy(update={"num_workers": trial_workers(sweep, cfg)})}  # fmt: skip
     cfg = cfg.model_copy(update=updates)
     run_dir = Path(sweep_dir) / "trials" / trial_id / RUN
-    (run_dir.parent / "params.json").parent.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     (run_dir.parent / "params.json").write_text(json.dumps(params, indent=1) + "\n")
     latest: dict[str, Any] = {}
 
@@ -65,11 +61,7 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> Non
         if sweep.metric in record:  # ASHA compares trials on evaluation rounds
             tune.report({**latest, "round": record["round"]})
 
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        resume_run(run_dir, on_round=report)  # a restored sweep continues the trial's run exactly
+    if (run_dir / CONFIG).is_file():  # a restored sweep: the run continues from its checkpoint
+        resume_run(run_dir, on_round=report)  # (or from round 1 when none finished)
     else:
-        if run_dir.exists():  # started, but no round finished: start over
-            import shutil
-
-            shutil.rmtree(run_dir)
         start_run(cfg, out=str(run_dir), on_round=report)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError
+from engine.rundir import new_run_dir
 from tuning.results import collect, write_results
 from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space
 from tuning.trial import run_trial, trial_bundles
@@ -19,17 +20,9 @@ TUNE_DIR = "tune"  # Tune's own experiment folder inside the sweep directory
 SWEEP_FILE = "sweep.yaml"  # the sweep as run (base resolved): what --resume reads back
 
 
-def new_sweep_dir(out: str | None, name: str, root: str = "runs/sweeps") -> Path:
-    if out:
-        path = Path(out)
-        if path.exists() and any(path.iterdir()):
-            raise ConfigError("--out", f"{path} is not empty; pick a new folder or use --resume")
-        return path.resolve()
-    base = Path(root)
-    n = 1
-    while (base / f"{name}-{n}").exists():
-        n += 1
-    return (base / f"{name}-{n}").resolve()
+def new_sweep_dir(out: str | None, name: str) -> Path:
+    """The sweep directory: --out (empty or absent), else runs/sweeps/<name>-<N> (absolute: Tune needs it)."""
+    return new_run_dir(out, name, root="runs/sweeps", resume="fedray tune --resume").resolve()
 
 
 def check_fits(sweep: SweepConfig, bundles: list[dict[str, float]], nodes: list[dict]) -> int:

@@ -114,11 +114,11 @@ def run_round(
     ok = [results[c] for c in sorted(results) if isinstance(results[c], ClientResult)]
     if inp.enforce_memory:  # an app over the device's memory is killed: its update never arrives
         for r in ok:
-            cap = inp.device(r.client_id).memory_bytes
-            if r.peak_memory_bytes > cap:
+            dev = inp.device(r.client_id)
+            if r.peak_memory_bytes > dev.memory_bytes:
                 results[r.client_id] = (
                     f"memory: training peak {r.peak_memory_bytes / 2**20:.0f} MiB > "
-                    f"{inp.device(r.client_id).name}'s {cap / 2**20:.0f} MiB"
+                    f"{dev.name}'s {dev.memory_mb} MiB"
                 )
         ok = [r for r in ok if isinstance(results[r.client_id], ClientResult)]
     failed = {
@@ -224,9 +224,8 @@ def injected_fault(inp: RoundInputs, round: int, client: int) -> str | None:
     """faults.*: what this client's first attempt suffers this round (seeded, independent draws)."""
     if not (inp.kill_prob or inp.delay_prob):
         return None
-    kill, delay = np.random.default_rng(derive_seed(inp.seed, round, client, FAULT_STREAM)).random(
-        2
-    )
+    rng = np.random.default_rng(derive_seed(inp.seed, round, client, FAULT_STREAM))
+    kill, delay = rng.random(2)
     if kill < inp.kill_prob:
         return "kill"
     return f"delay:{inp.delay_s:g}" if delay < inp.delay_prob else None
