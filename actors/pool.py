@@ -1,15 +1,21 @@
-"""RayBackend: a small pool of long-lived client workers, fed client tasks through the object store."""
+"""RayBackend: a small pool of long-lived client workers, fed client tasks through the object store.
+
+The pool is split into worker groups (actors/groups.py), one per device resource request; a
+client's task runs on a worker of its device's group.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from actors.groups import WorkerGroup
 from engine.backend import OnResult
 from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
@@ -21,54 +27,43 @@ from engine.errors import FedRayRuntimeError
 IN_FLIGHT_PER_WORKER = 1
 
 
-@dataclass(frozen=True)
-class WorkerResources:
-    """The Ray resource request of one client worker (scheduling hints, not hard limits)."""
-
-    num_cpus: float
-    memory_bytes: int | None
-    num_gpus: float
-
-
-def pool_size(requested: int | str, clients_per_round: int, cpus: float, per_worker: float) -> int:
-    """Workers to start: as many as the cluster fits, never more than clients per round."""
-    if requested != "auto":
-        return int(requested)
-    fits = int(cpus // per_worker) if per_worker > 0 else clients_per_round
-    return max(1, min(clients_per_round, fits))
-
-
 class RayBackend:
     def __init__(
         self,
-        num_workers: int,
-        resources: WorkerResources,
+        groups: Sequence[WorkerGroup],
+        client_group: Sequence[int] | None,
         timeout_s: float,
         owns_ray: bool = False,
         retries: int = 1,
     ) -> None:
-        self.num_workers = num_workers
+        self.groups = list(groups)
+        # client id -> its group (None: one group serves everybody)
+        self.client_group = list(client_group) if client_group is not None else None
+        # worker slot -> its group; slots are numbered group by group
+        self.slot_group = [g for g, grp in enumerate(self.groups) for _ in range(grp.size)]
+        self.num_workers = len(self.slot_group)
         self.owns_ray = owns_ray
-        self.resources = resources
         self.timeout_s = timeout_s
         self.retries = retries  # per client task whose worker died
         self.workers: list = []
         self.last_retries = 0  # client tasks retried in the last run_clients call
+        self.last_slots: dict[int, int] = {}  # client -> worker slot that ran it, last call
         self.replaced = 0  # dead workers replaced so far
 
     def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
         from actors.worker import ClientWorker
 
         train_ref, test_ref = ray.put(train), ray.put(test)  # shared, zero-copy in workers
-        opts: dict = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
-        if self.resources.memory_bytes:
-            opts["memory"] = self.resources.memory_bytes
-        self._new_worker = lambda: ClientWorker.options(**opts).remote(
+        options = [grp.resources.ray_options() for grp in self.groups]
+        self._new_worker = lambda w: ClientWorker.options(**options[self.slot_group[w]]).remote(
             spec, train_ref, test_ref, link
         )
-        self.workers = [self._new_worker() for _ in range(self.num_workers)]
+        self.workers = [self._new_worker(w) for w in range(self.num_workers)]
         infos = self._get([w.ready.remote() for w in self.workers], "starting client workers")
         self._info = infos[0]
+
+    def group_of(self, client_id: int) -> int:
+        return self.client_group[client_id] if self.client_group is not None else 0
 
     def _get(self, refs, what: str):
         try:
@@ -95,16 +90,26 @@ class RayBackend:
         out: dict[int, ClientResult | Exception] = {}
         attempts: dict[int, int] = {}
         self.last_retries = 0
+        self.last_slots = {}
 
-        def submit() -> None:
+        def submit() -> None:  # each queued task, in order, to a free worker of its group
+            waiting = []
             while queue:
-                w = min(range(len(self.workers)), key=lambda i: load[i])
-                if load[w] >= IN_FLIGHT_PER_WORKER:
-                    return
                 task = queue.popleft()
+                group = self.group_of(task.client_id)
+                free = [
+                    w
+                    for w, g in enumerate(self.slot_group)
+                    if g == group and load[w] < IN_FLIGHT_PER_WORKER
+                ]
+                if not free:
+                    waiting.append(task)
+                    continue
+                w = min(free, key=lambda i: load[i])
                 ref = self.workers[w].train_client.remote(task, blob_ref)
                 pending[ref] = (task, w)
                 load[w] += 1
+            queue.extend(waiting)
 
         submit()
         while pending:
@@ -121,6 +126,7 @@ class RayBackend:
                 res = ray.get(done[0], timeout=self.timeout_s)
                 on_result(res)
                 out[task.client_id] = res
+                self.last_slots[task.client_id] = w
             except RayActorError as exc:  # the worker process died: replace it, maybe retry
                 self._replace(w)
                 n = attempts.get(task.client_id, 0)
@@ -139,7 +145,7 @@ class RayBackend:
         """A fresh worker in slot w (client workers hold no state a client needs across tasks)."""
         with contextlib.suppress(Exception):
             ray.kill(self.workers[w])
-        self.workers[w] = self._new_worker()
+        self.workers[w] = self._new_worker(w)
         self.replaced += 1
 
     def evaluate(

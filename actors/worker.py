@@ -24,6 +24,10 @@ class ClientWorker:
     def ready(self) -> dict[str, int]:
         return self.runtime.info()
 
+    def resources(self) -> dict[str, float]:
+        """What Ray assigned this worker (its group's request)."""
+        return dict(ray.get_runtime_context().get_assigned_resources())
+
     def initial_state(self) -> bytes:
         return self.runtime.initial_state()
 

@@ -27,7 +27,8 @@ class DeviceProfile(pydantic.BaseModel, extra="forbid", frozen=True):
     downlink_mbps: float = Field(gt=0)
     latency_ms: float = Field(default=0.0, ge=0)  # one way, per message
     availability: float = Field(default=1.0, gt=0, le=1)  # probability of showing up in a round
-    num_cpus: float = Field(default=1.0, gt=0)  # Ray resource request of a worker emulating it
+    num_cpus: float = Field(default=1.0, gt=0)  # Ray CPUs of a worker emulating it
+    num_gpus: float = Field(default=0.0, ge=0)  # Ray GPUs (a fraction shares one) of such a worker
 
     @property
     def memory_bytes(self) -> int:

@@ -112,9 +112,11 @@ class EvalConfig(_Section):
 
 class ResourcesConfig(_Section):
     num_workers: int | Literal["auto"] = "auto"
-    client_num_cpus: float = Field(1.0, gt=0)
+    # A client worker's Ray request. null: its device profile's num_cpus / num_gpus (a worker group
+    # per distinct request, actors/groups.py); a value gives every device that request.
+    client_num_cpus: float | None = Field(None, gt=0)
     client_memory_mb: int | None = Field(None, ge=1)
-    client_num_gpus: float = Field(0.0, ge=0)
+    client_num_gpus: float | None = Field(None, ge=0)
     device_profile: str = "laptop"
     task_timeout_s: float = Field(900.0, gt=0)
     torch_threads: int = Field(1, ge=1)
@@ -137,6 +139,8 @@ class DevicesConfig(_Section):
     enforce_memory: bool = True
     # Each sampled client shows up with its profile's availability probability (seeded).
     use_availability: bool = True
+    # Workers also ask Ray for their device's memory_mb (resources.client_memory_mb wins when set).
+    reserve_memory: bool = False
 
 
 class FaultsConfig(_Section):

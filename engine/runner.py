@@ -16,6 +16,7 @@ from engine.algorithms.fedavg import RoundInputs, evaluate_global, run_round
 from engine.backend import LocalBackend
 from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import WorkerSpec
+from engine.clock import load_device_profile
 from engine.config import RunConfig, dump_config, load_config
 from engine.errors import ConfigError
 from engine.ledger import Ledger, deserialize_state
@@ -50,21 +51,36 @@ def server_cpus(cfg: RunConfig) -> float:
     )
 
 
-def make_backend(cfg: RunConfig, address: str | None = None):
-    """Start (or join) Ray and size the client worker pool from config and cluster resources."""
-    from actors.cluster import cluster_cpus, init_ray
-    from actors.pool import RayBackend, WorkerResources, pool_size
+def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
+    """Start (or join) Ray and size the client worker groups from config and cluster resources.
 
+    `profiles`: each client's device (prepare's); a worker group per distinct resource request.
+    """
+    from actors.cluster import cluster_cpus, init_ray
+    from actors.groups import describe_groups, plan_groups
+    from actors.pool import RayBackend
+
+    if profiles is None:
+        profiles = [load_device_profile(cfg.resources.device_profile)]
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
-    r = cfg.resources
-    # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs first; workers share the rest.
-    free = max(cluster_cpus() - server_cpus(cfg), r.client_num_cpus)
-    n = pool_size(r.num_workers, cfg.federation.clients_per_round, free, r.client_num_cpus)
-    mem = r.client_memory_mb * 2**20 if r.client_memory_mb else None
-    resources = WorkerResources(r.client_num_cpus, mem, r.client_num_gpus)
+    try:
+        # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs first.
+        groups, client_group = plan_groups(cfg, profiles, cluster_cpus() - server_cpus(cfg))
+    except ConfigError:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
+    if len(groups) > 1:
+        print("client workers: " + describe_groups(groups), file=sys.stderr)
     # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
     return RayBackend(
-        n, resources, r.task_timeout_s, owns_ray=started, retries=cfg.faults.client_retries
+        groups,
+        client_group if len(groups) > 1 else None,
+        cfg.resources.task_timeout_s,
+        owns_ray=started,
+        retries=cfg.faults.client_retries,
     )
 
 
@@ -159,7 +175,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         return run_centralized(cfg, prep, run_dir, address, resume)
     t_start = time.perf_counter()
     spec = worker_spec(cfg, prep)
-    backend = backend or make_backend(cfg, address)
+    backend = backend or make_backend(cfg, address, prep.profiles)
     server = None
     try:
         link = None

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.clock import assign_profiles
 from engine.config import RunConfig
 from engine.rundir import CONFIG
 from engine.runner import server_cpus
@@ -27,17 +28,20 @@ def trial_workers(sweep: SweepConfig, cfg: RunConfig) -> int:
 
 
 def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
-    """The placement group: [trial driver, server (if any), one bundle per client worker]."""
-    r = cfg.resources
+    """The placement group: [trial driver, server (if any), one bundle per client worker].
+
+    Client workers come in device groups (actors/groups.py), each bundle its group's request.
+    """
+    from actors.groups import plan_groups
+
     bundles = [{"CPU": sweep.trial.driver_cpus}]
     if server_cpus(cfg) > 0:
         bundles.append({"CPU": server_cpus(cfg)})
-    client: dict[str, float] = {"CPU": r.client_num_cpus}
-    if r.client_num_gpus:
-        client["GPU"] = r.client_num_gpus
-    if r.client_memory_mb:
-        client["memory"] = r.client_memory_mb * 2**20
-    return bundles + [dict(client) for _ in range(trial_workers(sweep, cfg))]
+    profiles = assign_profiles(
+        cfg.devices.mix, cfg.resources.device_profile, cfg.federation.num_clients, cfg.seed
+    )
+    groups, _ = plan_groups(cfg, profiles, None, trial_workers(sweep, cfg))
+    return bundles + [g.resources.bundle() for g in groups for _ in range(g.size)]
 
 
 def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> None:

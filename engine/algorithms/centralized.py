@@ -203,6 +203,7 @@ def run_centralized(
     """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline on
     Ray Train; writes the federated run-dir contract."""
     from actors.cluster import init_ray
+    from actors.groups import device_resources
     from actors.train_central import fit_central
     from engine.summary import best_of, build_summary, print_table
     from engine.tracking import Tracker
@@ -215,7 +216,7 @@ def run_centralized(
             job,
             storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
             name=f"central-from-round-{job.first_round}",
-            num_cpus=cfg.resources.client_num_cpus,
+            num_cpus=device_resources(cfg, prep.profile).num_cpus,
         )
     history = rundir.read_metrics(run_dir)
     found = latest_good_checkpoint(run_dir / rundir.CHECKPOINTS)
