@@ -61,6 +61,8 @@ class ClientTask:
     seed: int
     spec: TrainSpec
     fault: str | None = None  # injected by faults.*: "kill" or "delay:<seconds>" (never on a retry)
+    # federation.deadline_policy=partial: stop before the step that would exceed these FLOPs
+    flops_budget: float | None = None
 
 
 @dataclass
@@ -127,7 +129,13 @@ class ClientRuntime:
         # Round r (1-based) trains from global version r - 1 (the state after r - 1 rounds).
         self._load_global(task.round - 1, global_blob)
         result = local_train(
-            self.model, self.train_data, task.rows, task.spec, task.seed, self.meter
+            self.model,
+            self.train_data,
+            task.rows,
+            task.spec,
+            task.seed,
+            self.meter,
+            flops_budget=task.flops_budget,
         )
         blob = serialize_state(trainable_state(self.model))
         peak = memory_estimate(self.total, self.trainable, activation_bytes=result.activation_bytes)

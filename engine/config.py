@@ -78,6 +78,10 @@ class FederationConfig(_Section):
     # Synchronous rounds with a deadline in virtual seconds: a client whose download + compute +
     # upload would end later is dropped (the server stops waiting at the deadline). null: no deadline.
     round_deadline_s: float | None = Field(None, gt=0)
+    # What a client too slow for the deadline does: `drop` (it trains fully, arrives late, is
+    # dropped) or `partial` (it runs only the local steps that fit before the deadline and its
+    # partial update is aggregated; a client that fits no step is dropped).
+    deadline_policy: Literal["drop", "partial"] = "drop"
     # Sample ceil(clients_per_round * oversample) clients and aggregate the first clients_per_round
     # reports (by virtual finish time) that arrive: absorbs unavailable, failed and late clients.
     oversample: float = Field(1.0, ge=1.0, le=10.0)
@@ -88,6 +92,11 @@ class FederationConfig(_Section):
             raise ValueError(
                 f"clients_per_round: {self.clients_per_round} > federation.num_clients "
                 f"({self.num_clients}); lower it or add clients"
+            )
+        if self.deadline_policy == "partial" and self.round_deadline_s is None:
+            raise ValueError(
+                "deadline_policy: partial needs federation.round_deadline_s; set a deadline "
+                "or use drop"
             )
         return self
 

@@ -107,6 +107,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(
             "privacy.dp", f"client-level DP applies to algorithm: fedavg, not {cfg.algorithm}"
         )
+    if cfg.federation.deadline_policy == "partial" and cfg.algorithm == "sfprompt":
+        raise ConfigError(
+            "federation.deadline_policy",
+            "partial work applies to fedavg and fedpt (SFPrompt's steps also wait on the body "
+            "server); use drop",
+        )
     splits, tok = _load_splits(cfg)
     if cfg.model.task == "classification" and splits.num_labels < 2:
         raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")

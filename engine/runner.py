@@ -151,6 +151,7 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
         profile=prep.profile,
         profiles=prep.profiles,
         deadline_s=cfg.federation.round_deadline_s,
+        partial=cfg.federation.deadline_policy == "partial",
         oversample=cfg.federation.oversample,
         enforce_memory=cfg.devices.enforce_memory,
         use_availability=cfg.devices.use_availability,

@@ -58,6 +58,7 @@ class TrainResult:
     flops: float  # forward + backward FLOPs of all steps
     activation_bytes: int  # largest saved-for-backward footprint of any step
     tokens: int  # padded token positions processed
+    partial: bool = False  # stopped early: the next step would have exceeded the FLOPs budget
 
 
 def local_train(
@@ -67,8 +68,13 @@ def local_train(
     spec: TrainSpec,
     seed: int,
     meter: StepCostMeter,
+    flops_budget: float | None = None,
 ) -> TrainResult:
-    """Train `model` in place on rows of `enc`; all randomness comes from `seed`."""
+    """Train `model` in place on rows of `enc`; all randomness comes from `seed`.
+
+    With `flops_budget`, training stops before the first step that would take the client's FLOPs
+    past it (that step's gradient is computed to know its cost, then discarded, not applied).
+    """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     params = [p for p in model.parameters() if p.requires_grad]
@@ -79,6 +85,7 @@ def local_train(
     flops = 0.0
     act = tokens = 0
     epoch = 0
+    partial = False
     while True:
         batches = make_batches(rows, lengths, spec.batch_size, rng, spec.group_by_length)
         for rows_b in batches:
@@ -90,6 +97,10 @@ def local_train(
                 return float(loss.detach())
 
             loss, cost = meter.measure(batch_shape(batch), step)
+            if flops_budget is not None and flops + cost.flops > flops_budget:
+                opt.zero_grad(set_to_none=True)
+                partial = True
+                break
             if spec.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             opt.step()
@@ -102,7 +113,7 @@ def local_train(
                 break
         epoch += 1
         done_steps = spec.steps is not None and len(losses) >= spec.steps
-        if done_steps or (spec.steps is None and epoch >= spec.epochs):
+        if partial or done_steps or (spec.steps is None and epoch >= spec.epochs):
             break
     return TrainResult(
         num_samples=len(rows),
@@ -111,6 +122,7 @@ def local_train(
         flops=flops,
         activation_bytes=act,
         tokens=tokens,
+        partial=partial,
     )
 
 

@@ -45,6 +45,7 @@ class RoundInputs:
     task: str
     profiles: list[DeviceProfile] | None = None  # per client; None: `profile` for every client
     deadline_s: float | None = None  # virtual seconds; later clients are dropped
+    partial: bool = False  # deadline_policy=partial: slow clients run the steps that fit
     oversample: float = 1.0  # sample ceil(k * oversample), aggregate the first k reports
     enforce_memory: bool = True  # a client over its device's memory fails
     use_availability: bool = True  # a sampled client shows up with its device's availability
@@ -100,6 +101,7 @@ def run_round(
             seed=derive_seed(inp.seed, round, int(c), TRAINING_STREAM),
             spec=inp.spec,
             fault=injected_fault(inp, round, int(c)),
+            flops_budget=flops_budget(inp, int(c), len(global_blob)),
         )
         for c in ids_run
     ]
@@ -127,6 +129,7 @@ def run_round(
         if not isinstance(r, ClientResult)
     }
     rows, times = [], {}
+    partial = {r.client_id for r in ok if r.train.partial}
     for r in ok:
         down = ledger.record(round, r.client_id, "down", "trainable_state", r.bytes_down)
         up = ledger.record(round, r.client_id, "up", "trainable_state", r.blob)
@@ -160,10 +163,13 @@ def run_round(
         from engine.errors import FedRayRuntimeError  # every client crashed: not a device limit
 
         raise FedRayRuntimeError(f"round {round}: every sampled client failed: {failed}")
-    accepted, late = arrivals(times, inp)
+    idle = {r.client_id for r in ok if r.train.partial and r.train.steps == 0}
+    accepted, late = arrivals(times, inp, idle)
     dropped.update(late)
     for row in rows:
         row["accepted"] = row["client"] in accepted
+        if inp.partial:
+            row["partial"] = row["client"] in partial
         if row["client"] in late:
             row["dropped"] = late[row["client"]]
     used = [r for r in ok if r.client_id in accepted]
@@ -208,6 +214,8 @@ def run_round(
     }
     if failed:
         record["clients/failed_reasons"] = failed
+    if inp.partial:  # aggregated updates from clients that ran only part of their local work
+        record["clients/partial"] = len(partial & accepted)
     if dropped:
         record["clients/dropped_reasons"] = {c: dropped[c] for c in sorted(dropped)}
     if server is not None:
@@ -241,10 +249,32 @@ def unavailable(ids: np.ndarray, inp: RoundInputs, round: int) -> dict[int, str]
     return {int(c): "unavailable" for c in ids if u[int(c)] >= inp.device(int(c)).availability}
 
 
-def arrivals(times: dict[int, float], inp: RoundInputs) -> tuple[set[int], dict[int, str]]:
-    """(clients aggregated, {client: why dropped}): the deadline, then the first k reports."""
+def flops_budget(inp: RoundInputs, client: int, state_bytes: int) -> float | None:
+    """deadline_policy=partial: the FLOPs a client can spend and still report by the deadline.
+
+    Its device needs the deadline minus the download, the upload (an update is the size of the
+    state it received) and the message latency; what is left, times its FLOP/s, is its budget.
+    """
+    if not inp.partial or inp.deadline_s is None:
+        return None
+    dev = inp.device(client)
+    comm = client_time_s(dev, flops=0.0, bytes_down=state_bytes, bytes_up=state_bytes)["total_s"]
+    return max(inp.deadline_s - comm, 0.0) * dev.flops_per_s
+
+
+def arrivals(
+    times: dict[int, float],
+    inp: RoundInputs,
+    idle: set[int] = frozenset(),  # type: ignore[assignment]
+) -> tuple[set[int], dict[int, str]]:
+    """(clients aggregated, {client: why dropped}): the deadline, then the first k reports.
+
+    `idle`: clients whose budget fitted no step (partial work); they count as missing the deadline.
+    """
     late = {
-        c: "deadline" for c, t in times.items() if inp.deadline_s is not None and t > inp.deadline_s
+        c: "deadline"
+        for c, t in times.items()
+        if c in idle or (inp.deadline_s is not None and t > inp.deadline_s)
     }
     on_time = sorted((t, c) for c, t in times.items() if c not in late)
     for _, c in on_time[inp.clients_per_round :]:  # over-sampled: enough reports already
