@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SFPROMPT = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
+RAY_FORWARDED = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
 TINY = {
     "split.tail_layers": 1,
     "server.num_cpus": 0.25,
@@ -104,6 +106,9 @@ def test_bad_sweep_exits_2_before_any_trial(ray_session, tmp_path, capsys, field
     out = tmp_path / "never"
     assert main(["tune", str(write_sweep(tmp_path, **fields)), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    # Ray forwards earlier tests' worker logs to this shared session's stderr, late, prefixed
+    # "(func pid=N)": they are not this command's output.
+    err = [line for line in err if not RAY_FORWARDED.match(line)]
     assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
     assert not (out / "trials").exists()  # no trial started
 
