@@ -10,25 +10,18 @@ Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import ROOT, offline, run_experiment  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-
-from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
+offline()
 
 BASE_CONFIG = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
 # Every table run: one local epoch over each client's (kept) data, 200 reviews per client, one
@@ -82,15 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     """One real fedray run in-process on the shared local Ray: its summary and records."""
-    from engine.runner import start_run
-
-    cfg = validate_config(apply_overrides(read_yaml(BASE_CONFIG), overrides))
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):
-        out_dir = start_run(cfg, out=str(run_dir))
-    summary = json.loads((out_dir / "summary.json").read_text())
-    clients = [json.loads(x) for x in (out_dir / "clients.jsonl").read_text().splitlines()]
-    return {"summary": summary, "clients": clients, "wall_s": time.perf_counter() - t0}
+    return run_experiment(BASE_CONFIG, overrides, run_dir)
 
 
 def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
