@@ -85,6 +85,10 @@ class FederationConfig(_Section):
     # Sample ceil(clients_per_round * oversample) clients and aggregate the first clients_per_round
     # reports (by virtual finish time) that arrive: absorbs unavailable, failed and late clients.
     oversample: float = Field(1.0, ge=1.0, le=10.0)
+    # How a round's clients are drawn: `fixed` = exactly clients_per_round distinct clients;
+    # `poisson` = each client independently with probability clients_per_round / num_clients (a
+    # varying number, possibly none): the sampling privacy accountants assume (privacy.dp).
+    sampling: Literal["fixed", "poisson"] = "fixed"
 
     @model_validator(mode="after")
     def _fits(self) -> FederationConfig:
@@ -92,6 +96,11 @@ class FederationConfig(_Section):
             raise ValueError(
                 f"clients_per_round: {self.clients_per_round} > federation.num_clients "
                 f"({self.num_clients}); lower it or add clients"
+            )
+        if self.sampling == "poisson" and self.oversample != 1.0:
+            raise ValueError(
+                "oversample: over-sampling draws a fixed number of clients; with "
+                "federation.sampling: poisson leave it at 1"
             )
         if self.deadline_policy == "partial" and self.round_deadline_s is None:
             raise ValueError(

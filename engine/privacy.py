@@ -5,8 +5,10 @@ all trainable tensors; the server averages the clipped updates with a fixed deno
 expected number of clients per round, so one client changes the average by at most clip / m) and
 adds Gaussian noise of standard deviation noise_multiplier * clip / m to every coordinate
 (McMahan et al., ICLR 2018). The privacy spent is the RDP accounting of the subsampled Gaussian
-mechanism with sampling rate clients_per_round / num_clients, by Opacus' RDPAccountant (which
-assumes Poisson sampling; fedray samples a fixed-size subset, the usual approximation).
+mechanism with sampling rate clients_per_round / num_clients, by Opacus' RDPAccountant. That
+accounting assumes Poisson sampling: with `federation.sampling: poisson` it is exact (and a round
+nobody joined still releases its noise); with the default fixed-size sampling it is the usual
+approximation.
 """
 
 from __future__ import annotations

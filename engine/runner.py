@@ -153,6 +153,7 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
         deadline_s=cfg.federation.round_deadline_s,
         partial=cfg.federation.deadline_policy == "partial",
         oversample=cfg.federation.oversample,
+        poisson=cfg.federation.sampling == "poisson",
         enforce_memory=cfg.devices.enforce_memory,
         use_availability=cfg.devices.use_availability,
         dp=(cfg.privacy.clip_norm, cfg.privacy.noise_multiplier, cfg.privacy.delta)

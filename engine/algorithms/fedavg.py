@@ -25,9 +25,14 @@ FAULT_STREAM = 5
 DP_STREAM = 6
 
 
-def sample_clients(num_clients: int, k: int, seed: int, round: int) -> np.ndarray:
-    """The clients of a round: k distinct ids, a pure function of (seed, round)."""
+def sample_clients(
+    num_clients: int, k: int, seed: int, round: int, poisson: bool = False
+) -> np.ndarray:
+    """The clients of a round, a pure function of (seed, round): k distinct ids, or with `poisson`
+    each client independently with probability k / num_clients (sorted ids, possibly none)."""
     rng = np.random.default_rng(derive_seed(seed, round, SAMPLING_STREAM))
+    if poisson:
+        return np.flatnonzero(rng.random(num_clients) < k / num_clients)
     return np.sort(rng.choice(num_clients, size=k, replace=False))
 
 
@@ -47,6 +52,7 @@ class RoundInputs:
     deadline_s: float | None = None  # virtual seconds; later clients are dropped
     partial: bool = False  # deadline_policy=partial: slow clients run the steps that fit
     oversample: float = 1.0  # sample ceil(k * oversample), aggregate the first k reports
+    poisson: bool = False  # federation.sampling=poisson: each client with probability k / n
     enforce_memory: bool = True  # a client over its device's memory fails
     use_availability: bool = True  # a sampled client shows up with its device's availability
     dp: tuple[float, float, float] | None = None  # privacy: (clip_norm, noise_multiplier, delta)
@@ -90,7 +96,7 @@ def run_round(
     on_result: Callable[[ClientResult], None],
     server: RoundServer | None = None,
 ) -> RoundOutcome:
-    ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round)
+    ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round, inp.poisson)
     dropped = unavailable(ids, inp, round)
     ids_run = [int(c) for c in ids if int(c) not in dropped]
     tasks = [
@@ -174,7 +180,9 @@ def run_round(
             row["dropped"] = late[row["client"]]
     used = [r for r in ok if r.client_id in accepted]
     server_record: dict[str, Any] = {}
-    if used and inp.dp is not None:  # DP-FedAvg: clipped updates, fixed denominator, noise
+    # DP-FedAvg: clipped updates, fixed denominator, noise; under Poisson sampling the noise is
+    # added even when nobody reported (the accountant's mechanism always releases a noisy sum)
+    if inp.dp is not None and (used or inp.poisson):
         from engine.privacy import dp_aggregate, epsilon
 
         clip, z, delta = inp.dp

@@ -87,3 +87,46 @@ def test_dp_outside_fedavg_exits_2(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert capsys.readouterr().err.startswith("error: privacy.dp:")
+
+
+def test_poisson_sampling_draws_each_client_with_probability_q() -> None:
+    from engine.algorithms.fedavg import sample_clients
+
+    draws = [sample_clients(50, 5, seed=0, round=r, poisson=True) for r in range(4000)]
+    assert np.array_equal(draws[7], sample_clients(50, 5, seed=0, round=7, poisson=True))
+    sizes = np.array([len(d) for d in draws])
+    assert sizes.mean() == pytest.approx(5, rel=0.03) and len(set(sizes)) > 5  # varies
+    assert (sizes == 0).any()  # P(no client) = 0.9^50 = 0.5%: some of 4,000 rounds are empty
+    hits = np.bincount(np.concatenate(draws), minlength=50) / len(draws)
+    assert np.abs(hits - 0.1).max() < 0.02  # every client near q = 5 / 50
+    assert all(np.all(np.diff(d) > 0) for d in draws[:50])  # sorted, distinct
+
+
+def test_an_empty_private_round_still_adds_its_noise() -> None:
+    g = {"w": np.zeros(20_000)}
+    out, stats = dp_aggregate(g, [], 0.5, 2.0, 4, np.random.default_rng(1))
+    assert np.std(out["w"]) == pytest.approx(2.0 * 0.5 / 4, rel=0.03)
+    assert stats["privacy/clipped_fraction"] == 0.0
+
+
+def test_a_poisson_private_run_varies_its_clients_and_keeps_the_accounting(tmp_path: Path) -> None:
+    over = tiny_overrides(**{"privacy.dp": "true", "federation.sampling": "poisson",
+                             "federation.rounds": 4, "privacy.noise_multiplier": 1.0})  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", over)
+    run = start_run(cfg, out=str(tmp_path / "p"), backend=LocalBackend())
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    from engine.algorithms.fedavg import sample_clients
+
+    for r in recs:  # the round's clients are the seeded Poisson draw
+        assert r["clients/sampled"] == len(sample_clients(6, 3, cfg.seed, r["round"], True))
+        assert r["privacy/epsilon"] == pytest.approx(epsilon(1.0, 0.5, r["round"], 1e-5))
+    assert len({r["clients/sampled"] for r in recs}) > 1
+
+
+def test_poisson_sampling_refuses_oversampling() -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "quickstart.yaml", tiny_overrides(**{
+            "federation.sampling": "poisson", "federation.oversample": 1.5}))  # fmt: skip
+    assert err.value.key == "federation.oversample" and "poisson" in err.value.message
