@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field
 
 from engine.errors import ConfigError
+from engine.strict import DuplicateKeyError, load_yaml
 
 DEVICES_DIR = Path(__file__).resolve().parents[1] / "configs" / "devices"
 _KEY = "resources.device_profile"
@@ -76,7 +77,9 @@ def load_device_profile(name_or_path: str) -> DeviceProfile:
     """A shipped profile by name (configs/devices/<name>.yaml) or any profile YAML by path."""
     path = _resolve(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
+    except DuplicateKeyError as e:
+        raise ConfigError(_KEY, f"{path} {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(_KEY, f"{path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):

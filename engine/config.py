@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import copy
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from engine.errors import ConfigError
 from engine.methods import method_params_union
+from engine.strict import DuplicateKeyError, StrictModel, load_yaml
 
 
-class _Section(BaseModel):
-    # inf/nan are never meaningful settings (a learning rate of .inf would start a doomed run).
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data: Any) -> Any:
-        # pydantic reads true/false as 1/0 for numbers; YAML's yes/on/true are never a count or a rate.
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key) if isinstance(key, str) else None
-                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
-                    raise ValueError(f"{key}: expected a number, got {value!r}")
-        return data
-
-
-def _numeric(annotation: Any) -> bool:
-    """Whether a field takes a number and no bool (int, float, int | None, int | "auto" ...)."""
-    args = typing.get_args(annotation) or (annotation,)
-    return bool not in args and any(a in (int, float) for a in args)
+class _Section(StrictModel):
+    """A config section: unknown keys, inf/nan and booleans as numbers are errors."""
 
 
 class ModelConfig(_Section):
@@ -307,7 +289,9 @@ def _default_method() -> Any:
 def parse_value(text: str) -> Any:
     """A CLI override value is YAML: `3` is an int, `1e-3` a float, `[a, b]` a list, `null` None."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
+    except DuplicateKeyError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
     except Exception:  # noqa: BLE001 - YAML's constructors raise ValueError, KeyError ... too
         raise ValueError(f"{text!r} is not a YAML value; quote it or fix the syntax") from None
     # YAML 1.1 reads 1e-3 as a string; the user meant a number.
@@ -347,7 +331,7 @@ def _error_from_validation(exc: ValidationError) -> ConfigError:
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
     # Discriminated unions insert the tag into the location (method.lora.r): drop it.
     if len(loc) >= 2 and loc[0] == "method" and loc[1] not in {"name"}:
-        loc = [loc[0], *loc[2:]] if len(loc) > 2 else loc
+        loc = [loc[0], *loc[2:]]
     key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     kind = err["type"]
@@ -381,7 +365,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError("CONFIG", f"{p} is not UTF-8 text; pass a YAML config") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError("CONFIG", f"{p} {exc}") from None
     except Exception as exc:  # noqa: BLE001 - YAML's constructors raise ValueError, KeyError ... too
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.config import RunConfig, apply_overrides, read_yaml, validate_config
 from engine.errors import ConfigError
+from engine.strict import DuplicateKeyError, load_yaml
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -62,7 +63,9 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
     if not path.is_file():
         raise ConfigError("SWEEP", f"{path} does not exist; pass a sweep YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError("SWEEP", f"{path} {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError("SWEEP", f"{path} is not UTF-8 text; pass a sweep YAML file") from None
     except (yaml.YAMLError, ValueError, KeyError, RecursionError) as exc:  # bad tags, dates, depth

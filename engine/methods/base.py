@@ -12,12 +12,11 @@ import torch
 
 from engine.errors import ConfigError
 from engine.registry import Registry
+from engine.strict import StrictModel
 
 
-class MethodParams(pydantic.BaseModel):
+class MethodParams(StrictModel):
     """Fields every method shares; each method file subclasses it with `name: Literal[...]`."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
 
     name: str
     # None -> the method's `default_lr` (see `learning_rate`).

@@ -480,6 +480,11 @@ REGRESSIONS = [  # (file, overrides, expected in the line): bugs this fuzzer fou
     (b"resources: {num_workers: true}\n", [], "error: resources.num_workers: "),
     (b"name: x\n", ["model.name=[unclosed"], "error: model.name: "),  # was yaml ParserError
     (b'"x\\ny": 1\n', [], "error: x\\ny: unknown key"),  # was two stderr lines
+    # YAML keeps the last of a repeated key: a silently ignored setting
+    (b"train:\n  lr: 0.1\n  lr: 0.2\n", [], "line 3: key 'lr' is given twice; keep one"),
+    (b"name: x\n", ["train={lr: 1, lr: 2}"], "key 'lr' is given twice"),
+    (b"method: {name: lora, r: true}\n", [], "error: method.r: expected a number"),  # ran r=1
+    (b"method: {name: lora, alpha: .inf}\n", [], "error: method.alpha: "),  # ran alpha=inf
 ]
 
 

@@ -84,9 +84,18 @@ def test_profile_from_path_defaults(tmp_path: Path) -> None:
 )
 def test_bad_values_name_the_field(tmp_path: Path, extra: str, key: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_device_profile(_write(tmp_path, GOOD + extra))  # later keys override earlier ones
+        field = extra.split(":")[0]
+        kept = "".join(ln for ln in GOOD.splitlines(keepends=True) if not ln.startswith(field))
+        load_device_profile(_write(tmp_path, kept + extra))
     assert info.value.key == key
     assert message in info.value.message
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_device_profile(_write(tmp_path, GOOD + "flops_per_s: 1.0\n"))
+    assert info.value.key == "resources.device_profile"
+    assert f"line {GOOD.count(chr(10)) + 1}: key 'flops_per_s' is given twice" in info.value.message
 
 
 def test_missing_field(tmp_path: Path) -> None:
