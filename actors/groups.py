@@ -124,6 +124,35 @@ def plan_groups(
     return groups, client_group
 
 
+def check_placeable(
+    cfg: RunConfig, groups: Sequence[WorkerGroup], totals: dict[str, float]
+) -> None:
+    """A ConfigError if one worker of a group asks for more than the whole (local) cluster has:
+    Ray would queue it forever. Only for a Ray fedray started: a joined cluster may autoscale."""
+    keys = {
+        "CPU": ("resources.client_num_cpus", "num_cpus"),
+        "GPU": ("resources.client_num_gpus", "num_gpus"),
+        "memory": (
+            "resources.client_memory_mb"
+            if cfg.resources.client_memory_mb
+            else "devices.reserve_memory",
+            "memory_mb",
+        ),
+    }
+    for g in groups:
+        for resource, amount in g.resources.bundle().items():
+            have = totals.get(resource, 0.0)
+            if amount > have + _EPS:
+                key, profile_field = keys[resource]
+                unit = (lambda v: f"{v / 2**20:.0f} MiB") if resource == "memory" else "{:g}".format
+                raise ConfigError(
+                    key,
+                    f"a {'/'.join(g.devices)} worker asks for {unit(amount)} {resource} but this "
+                    f"Ray has {unit(have)}; lower {key} (or the profile's {profile_field}) or "
+                    "run on a cluster that has it (ray.address)",
+                )
+
+
 def _listing(shapes: Sequence[WorkerResources], devices: Sequence[Sequence[str]]) -> str:
     return "; ".join(f"{'/'.join(d)}: {s.describe()}" for s, d in zip(shapes, devices, strict=True))
 

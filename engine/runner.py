@@ -56,8 +56,10 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
 
     `profiles`: each client's device (prepare's); a worker group per distinct resource request.
     """
+    import ray
+
     from actors.cluster import cluster_cpus, init_ray
-    from actors.groups import describe_groups, plan_groups
+    from actors.groups import check_placeable, describe_groups, plan_groups
     from actors.pool import RayBackend
 
     if profiles is None:
@@ -66,10 +68,10 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
     try:
         # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs first.
         groups, client_group = plan_groups(cfg, profiles, cluster_cpus() - server_cpus(cfg))
+        if started:
+            check_placeable(cfg, groups, ray.cluster_resources())
     except ConfigError:
         if started:
-            import ray
-
             ray.shutdown()
         raise
     if len(groups) > 1:
@@ -110,9 +112,16 @@ def start_run(
     """
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
-    rundir.write_json(run_dir / rundir.PARTITION, _partition_record(prep))
+    if backend is None and cfg.algorithm != "centralized":
+        backend = make_backend(cfg, address, prep.profiles)  # so is a cluster that cannot fit
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
+        rundir.write_json(run_dir / rundir.PARTITION, _partition_record(prep))
+    except BaseException:
+        if backend is not None:
+            backend.shutdown()
+        raise
     return _execute(cfg, prep, run_dir, address, backend, None, on_round)
 
 

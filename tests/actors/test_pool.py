@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.groups import describe_groups, plan_groups
+from actors.groups import WorkerGroup, WorkerResources, describe_groups, plan_groups
 from engine.clock import assign_profiles, load_device_profile
 from engine.config import load_config
 from engine.errors import ConfigError
@@ -123,3 +123,35 @@ def test_clients_train_on_workers_of_their_device_and_the_numbers_do_not_change(
         return [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
 
     assert numbers(grouped) == numbers(uniform)  # a client's result never depends on its worker
+
+
+def test_a_worker_no_node_can_hold_is_refused_with_its_key() -> None:
+    from actors.groups import check_placeable
+
+    totals = {"CPU": 2.0, "memory": 4.0 * 2**30}
+    cfg = _cfg(**{"resources.client_num_gpus": 0.5})
+    (group,), _ = plan_groups(cfg, [load_device_profile("laptop")], 2.0)
+    with pytest.raises(ConfigError) as err:
+        check_placeable(cfg, [group], totals)  # no GPU at all
+    assert err.value.key == "resources.client_num_gpus"
+    assert "a laptop worker asks for 0.5 GPU but this Ray has 0" in err.value.message
+    cfg = _cfg(**{"devices.reserve_memory": True})  # 8 GiB laptops on a 4 GiB Ray
+    (group,), _ = plan_groups(cfg, [load_device_profile("laptop")], 2.0)
+    with pytest.raises(ConfigError) as err:
+        check_placeable(cfg, [group], totals)
+    assert err.value.key == "devices.reserve_memory" and "8192 MiB memory" in err.value.message
+    fits = WorkerGroup(WorkerResources(num_cpus=2.0, memory_bytes=2**30, num_gpus=0.0), 3, ())
+    check_placeable(_cfg(), [fits], totals)  # each worker fits (Ray may queue the third)
+
+
+def test_a_cluster_too_small_for_the_groups_writes_no_run_dir(ray_session, tmp_path: Path) -> None:
+    from engine.runner import start_run
+
+    big = tmp_path / "big.yaml"  # two devices of 1.5 CPUs: one worker each needs 3 of the 2 CPUs
+    big.write_text("flops_per_s: 1.0e+9\nmemory_mb: 4096\nuplink_mbps: 10\ndownlink_mbps: 10\n"
+                   "num_cpus: 1.5\n")  # fmt: skip
+    cfg = _cfg(**{"devices.mix": f"{{{big}: 1, laptop: 1}}"})
+    with pytest.raises(ConfigError) as err:
+        start_run(cfg, out=str(tmp_path / "run"))
+    assert err.value.key == "devices.mix" and "needs 2.5 CPUs" in err.value.message
+    assert not (tmp_path / "run").exists()
