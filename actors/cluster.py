@@ -32,8 +32,8 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool
     }
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    else:  # "local": a new Ray even when another one runs on this machine (ray.init() would join it)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return True
 
 
