@@ -273,7 +273,7 @@ def flops_budget(inp: RoundInputs, client: int, state_bytes: int) -> float | Non
 def arrivals(
     times: dict[int, float],
     inp: RoundInputs,
-    idle: set[int] = frozenset(),  # type: ignore[assignment]
+    idle: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[set[int], dict[int, str]]:
     """(clients aggregated, {client: why dropped}): the deadline, then the first k reports.
 
