@@ -1,0 +1,66 @@
+"""`fedray tune` killed by SIGKILL mid-trial, then `fedray tune --resume`: every trial's run ends as
+the same run never stopped (an unfinished trial continues its fedray run from its checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from engine.backend import LocalBackend
+from engine.config import load_config
+from engine.runner import start_run
+from tests.conftest import tiny_overrides
+from tests.e2e.test_sigkill_resume import TIMEOUT_S, _rows, _start
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUNDS = 8
+
+
+def _sweep(tmp_path: Path) -> Path:
+    over = tiny_overrides(**{"federation.rounds": ROUNDS, "checkpoint.every": 1, "ray.num_cpus": 2,
+                             "resources.client_num_cpus": 0.25, "eval.every": 2})  # fmt: skip
+    raw = {
+        "name": "resume2",
+        "base": str(ROOT / "configs" / "quickstart.yaml"),
+        "overrides": {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in over)},
+        "space": {"train.lr": {"grid": [0.001, 0.003]}},
+        "metric": "eval/accuracy",
+        "mode": "max",
+        "trial": {"driver_cpus": 0.25, "workers": 1},
+        "wandb": {"mode": "disabled"},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_killed_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    job = _start(["tune", str(_sweep(tmp_path)), "--out", str(out)], tmp_path / "tune.log")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not list(out.glob("trials/*/run/checkpoints/round_00002/meta.json")):
+        assert job.proc.poll() is None, job.log.read_text()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+    os.killpg(job.proc.pid, signal.SIGKILL)
+    job.proc.wait()
+    runs = sorted(out.glob("trials/*/run"))
+    unfinished = [r for r in runs if not (r / "summary.json").is_file()]
+    assert unfinished, "every trial had finished: the kill came too late to test anything"
+    assert not (out / "results.json").exists()
+
+    log = _start(["tune", "--resume", str(out)], tmp_path / "resume.log").finish()
+    assert "continues after round" in log  # a trial picked its run up from a checkpoint
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted(r["params"]["train.lr"] for r in rows) == [0.001, 0.003]
+    assert all(r["status"] == "TERMINATED" and r["rounds"] == ROUNDS for r in rows), rows
+    for run in sorted(out.glob("trials/*/run")):
+        ref = start_run(load_config(run / "config.yaml"), out=str(tmp_path / "ref" / run.parent.name),
+                        backend=LocalBackend())  # fmt: skip
+        assert _rows(run / "metrics.jsonl", "wall") == _rows(ref / "metrics.jsonl", "wall")
+        assert _rows(run / "clients.jsonl", "cpu_s") == _rows(ref / "clients.jsonl", "cpu_s")
