@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.clock import assign_profiles
 from engine.config import RunConfig
+from engine.errors import ConfigError
 from engine.rundir import CONFIG
 from engine.runner import server_cpus
 from tuning.sweep import SweepConfig, trial_config
@@ -40,6 +41,14 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     profiles = assign_profiles(
         cfg.devices.mix, cfg.resources.device_profile, cfg.federation.num_clients, cfg.seed
     )
+    needed = len(plan_groups(cfg, profiles, None, "auto")[0])  # one worker per device group
+    if trial_workers(sweep, cfg) < needed:
+        raise ConfigError(
+            "trial.workers",
+            f"{trial_workers(sweep, cfg)} is fewer than the experiment's device groups ({needed}: "
+            "devices with different Ray requests); use >= that, null, or set "
+            "resources.client_num_cpus in overrides to give every device the same request",
+        )
     groups, _ = plan_groups(cfg, profiles, None, trial_workers(sweep, cfg))
     return bundles + [g.resources.bundle() for g in groups for _ in range(g.size)]
 

@@ -74,6 +74,18 @@ def test_bundles_and_fits() -> None:
         check_fits(sweep, [{"CPU": 3.0}], [{"CPU": 2.0}, {"CPU": 2.0}])
 
 
+def test_mixed_devices_reserve_one_bundle_per_worker_with_its_group_request(tmp_path) -> None:
+    mix = {"overrides": {"devices.mix": {"phone-low": 1, "laptop": 1}}}
+    sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 3}, **mix))
+    # driver 0.5, body server 1, then 2 phone-low workers (0.25 CPU) and 1 laptop worker (1 CPU)
+    assert trial_bundles(sweep, base) == [{"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 0.25},
+                                          {"CPU": 0.25}, {"CPU": 1.0}]  # fmt: skip
+    sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 1}, **mix))
+    with pytest.raises(ConfigError) as err:
+        trial_bundles(sweep, base)
+    assert err.value.key == "trial.workers" and "device groups (2" in err.value.message
+
+
 def load_sweep_at(base: Path):
     import tempfile
 
