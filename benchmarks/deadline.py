@@ -57,16 +57,17 @@ def row(name: str, deadline: float | None, res: dict[str, Any]) -> dict[str, Any
         "virtual_s": recs[-1]["time/virtual_s"],
         "aggregated": sum(r["clients/completed"] for r in recs),
         "partial": sum(r.get("clients/partial", 0) for r in recs),
-        "dropped_deadline": sum(
-            list(r.get("clients/dropped_reasons", {}).values()).count("deadline") for r in recs
-        ),
-        "unavailable": sum(
-            list(r.get("clients/dropped_reasons", {}).values()).count("unavailable") for r in recs
-        ),
+        "dropped_deadline": dropped(recs, "deadline"),
+        "unavailable": dropped(recs, "unavailable"),
         "phone_steps_mean": sum(c["steps"] for c in phones) / max(len(phones), 1),
         "mb_total": res["summary"]["comm_bytes_total"] / 1e6,
         "wall_s": res["wall_s"],
     }
+
+
+def dropped(records: list[dict[str, Any]], why: str) -> int:
+    """Clients dropped for `why` over all rounds."""
+    return sum(list(r.get("clients/dropped_reasons", {}).values()).count(why) for r in records)
 
 
 def main(argv: list[str] | None = None) -> int:

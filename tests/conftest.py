@@ -46,3 +46,27 @@ def tiny_overrides(**extra: object) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
+
+
+def tiny_sweep(tmp_path, base, space: dict, extra: dict, **fields: object):
+    """A sweep file over tiny runs of `base` (fixed overrides: tiny_overrides(**extra)), maximizing
+    eval/accuracy, one client worker per trial, W&B off; `fields` replace any of these."""
+    from pathlib import Path
+
+    import yaml
+
+    pairs = (o.split("=", 1) for o in tiny_overrides(**extra))
+    raw = {
+        "name": "tiny-sweep",
+        "base": str(base),
+        "overrides": {k: yaml.safe_load(v) for k, v in pairs},
+        "space": space,
+        "metric": "eval/accuracy",
+        "mode": "max",
+        "trial": {"driver_cpus": 0.25, "workers": 1},
+        "wandb": {"mode": "disabled"},
+        **fields,
+    }
+    path = Path(tmp_path) / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -41,15 +41,16 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     profiles = assign_profiles(
         cfg.devices.mix, cfg.resources.device_profile, cfg.federation.num_clients, cfg.seed
     )
+    workers = trial_workers(sweep, cfg)
     needed = len(plan_groups(cfg, profiles, None, "auto")[0])  # one worker per device group
-    if trial_workers(sweep, cfg) < needed:
+    if workers < needed:
         raise ConfigError(
             "trial.workers",
-            f"{trial_workers(sweep, cfg)} is fewer than the experiment's device groups ({needed}: "
-            "devices with different Ray requests); use >= that, null, or set "
-            "resources.client_num_cpus in overrides to give every device the same request",
+            f"{workers} is fewer than the experiment's device groups ({needed}: devices with "
+            "different Ray requests); use >= that, null, or set resources.client_num_cpus in "
+            "overrides to give every device the same request",
         )
-    groups, _ = plan_groups(cfg, profiles, None, trial_workers(sweep, cfg))
+    groups, _ = plan_groups(cfg, profiles, None, workers)
     return bundles + [g.resources.bundle() for g in groups for _ in range(g.size)]
 
 

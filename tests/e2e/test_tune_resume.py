@@ -9,12 +9,10 @@ import signal
 import time
 from pathlib import Path
 
-import yaml
-
 from engine.backend import LocalBackend
 from engine.config import load_config
 from engine.runner import start_run
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_sweep
 from tests.e2e.test_sigkill_resume import TIMEOUT_S, _rows, _start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,21 +20,10 @@ ROUNDS = 8
 
 
 def _sweep(tmp_path: Path) -> Path:
-    over = tiny_overrides(**{"federation.rounds": ROUNDS, "checkpoint.every": 1, "ray.num_cpus": 2,
-                             "resources.client_num_cpus": 0.25, "eval.every": 2})  # fmt: skip
-    raw = {
-        "name": "resume2",
-        "base": str(ROOT / "configs" / "quickstart.yaml"),
-        "overrides": {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in over)},
-        "space": {"train.lr": {"grid": [0.001, 0.003]}},
-        "metric": "eval/accuracy",
-        "mode": "max",
-        "trial": {"driver_cpus": 0.25, "workers": 1},
-        "wandb": {"mode": "disabled"},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    extra = {"federation.rounds": ROUNDS, "checkpoint.every": 1, "ray.num_cpus": 2,
+             "resources.client_num_cpus": 0.25, "eval.every": 2}  # fmt: skip
+    space = {"train.lr": {"grid": [0.001, 0.003]}}
+    return tiny_sweep(tmp_path, ROOT / "configs" / "quickstart.yaml", space, extra, name="resume2")
 
 
 def test_a_killed_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path) -> None:

@@ -8,11 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from engine.cli import main
 from engine.config import load_config
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 SFPROMPT = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
@@ -28,25 +27,9 @@ TINY = {
 
 
 def write_sweep(tmp_path: Path, **fields) -> Path:
-    overrides = dict(o.split("=", 1) for o in tiny_overrides(**TINY))
-    overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
-    raw = {
-        "name": "sf2x2",
-        "base": str(SFPROMPT),
-        "overrides": overrides,
-        "space": {
-            "pruning.keep_ratio": {"grid": [0.5, 1.0]},
-            "split.prompt_length": {"grid": [0, 4]},
-        },
-        "metric": "eval/accuracy",
-        "mode": "max",
-        "trial": {"driver_cpus": 0.25, "workers": 1},
-        "wandb": {"mode": "disabled"},
-        **fields,
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    grid = {"pruning.keep_ratio": {"grid": [0.5, 1.0]}, "split.prompt_length": {"grid": [0, 4]}}
+    space = fields.pop("space", grid)
+    return tiny_sweep(tmp_path, SFPROMPT, space, TINY, name="sf2x2", **fields)
 
 
 @pytest.fixture(scope="module")
