@@ -124,11 +124,9 @@ class _FirstDispatchClock:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.inner, self.first_dispatch = cfg, None, None
 
-    def start(self, spec: WorkerSpec, train, test) -> None:
-        self.inner = make_backend(
-            self.cfg
-        )  # where the runner would call it, after its clock starts
-        self.inner.start(spec, train, test)
+    def start(self, spec: WorkerSpec, train, test, link: object = None) -> None:
+        self.inner = make_backend(self.cfg)  # inside the timed call, as the runner's own would be
+        self.inner.start(spec, train, test, link=link)
 
     def run_clients(self, tasks, global_blob, on_result):
         if self.first_dispatch is None:
