@@ -11,7 +11,6 @@ import multiprocessing as mp
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from engine.methods import load_trainable_state, trainable_state
 from engine.prepare import Prepared, prepare
 from engine.runner import make_backend, start_run, worker_spec
 from engine.train import derive_seed, local_train
+from runs import Poller
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -83,13 +83,12 @@ def average(results: list[tuple[int, int, State]], weighted: bool) -> State:
     return fedavg([s for _, _, s in results], weights)
 
 
-class RssSampler:
+class RssSampler(Poller):
     """Peak summed RSS of this process and all its descendants, sampled every `period_s`."""
 
     def __init__(self, period_s: float = 0.25) -> None:
-        self.period_s, self.peak = period_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(period_s)
+        self.peak = 0
 
     def _sample(self) -> int:
         me = psutil.Process()
@@ -101,18 +100,8 @@ class RssSampler:
                 pass  # the process ended between listing and reading
         return total
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
+        self.peak = max(self.peak, self._sample())
 
 
 # ---------------------------------------------------------------- 1. fedray (start_run on Ray)

@@ -1,4 +1,5 @@
-"""What the table benchmarks share: an offline environment and one real fedray run read back."""
+"""What the benchmarks share: an offline environment, one real fedray run read back, and a
+background poller for memory samplers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,3 +48,28 @@ def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str,
         "clients": lines("clients.jsonl"),
         "wall_s": time.perf_counter() - t0,
     }
+
+
+class Poller:
+    """Calls `tick()` on a daemon thread every `period_s` while its `with` block runs."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.period_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

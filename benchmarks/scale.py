@@ -37,6 +37,7 @@ from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
 from engine.prepare import prepare
 from engine.runner import _partition_record, start_run
+from runs import Poller
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1  # the issue's ceiling for both ratios
@@ -75,20 +76,18 @@ def make_config(num_clients: int, per_round: int, rounds: int, local_steps: int)
     return validate_config(apply_overrides({}, [f"{k}={v}" for k, v in overrides.items()]))
 
 
-class MemSampler:
+class MemSampler(Poller):
     """Peak summed memory of this process and its descendants, sampled every `period_s`."""
 
     KEYS = ("pss", "rss", "pss_all", "rss_all", "driver_pss")
 
     def __init__(self, period_s: float = 0.2) -> None:
-        self.period_s = period_s
+        super().__init__(period_s)
         self.peak = dict.fromkeys(self.KEYS, 0)
         self._kinds: dict[tuple[int, float], str] = {}
         self._procs: dict[int, psutil.Process] = {}
         self.samples, self.sample_s = 0, 0.0  # the sampler's own cost (it shares the CPU)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _kind(self, p: psutil.Process) -> str:
         key = (p.pid, p.create_time())
@@ -149,22 +148,12 @@ class MemSampler:
         with self._lock:
             self.peak = dict.fromkeys(self.KEYS, 0)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            s = self.sample(full=self.samples % PSS_EVERY == 0)
-            self.samples, self.sample_s = self.samples + 1, self.sample_s + time.perf_counter() - t0
-            with self._lock:
-                self.peak = {k: max(self.peak[k], s[k]) for k in self.KEYS}
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> MemSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
+        t0 = time.perf_counter()
+        s = self.sample(full=self.samples % PSS_EVERY == 0)
+        self.samples, self.sample_s = self.samples + 1, self.sample_s + time.perf_counter() - t0
+        with self._lock:
+            self.peak = {k: max(self.peak[k], s[k]) for k in self.KEYS}
 
 
 def round_times(run_dir: Path) -> list[float]:
