@@ -11,20 +11,16 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import ROOT, offline  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+offline()
 
 from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
 from engine.methods import get_method  # noqa: E402

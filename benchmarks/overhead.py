@@ -29,7 +29,7 @@ from engine.methods import load_trainable_state, trainable_state
 from engine.prepare import Prepared, prepare
 from engine.runner import make_backend, start_run, worker_spec
 from engine.train import derive_seed, local_train
-from runs import Poller
+from runs import Poller, offline
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -377,8 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    offline()
     cfg = make_config(args.model, args.rounds, args.clients_per_round, args.local_steps, args.cores)
     res: dict[str, dict[str, Any]] = {}
     for name, fn in (

@@ -37,7 +37,7 @@ from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
 from engine.prepare import prepare
 from engine.runner import _partition_record, start_run
-from runs import Poller
+from runs import Poller, offline
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1  # the ceiling for both ratios
@@ -46,7 +46,6 @@ DATA_ROWS = 12_000  # fashion_mnist train images: at most one client per image
 WARMUP_ROUNDS = 1
 MB = 2**20
 PSS_EVERY = 5  # PSS every 5th sample (1 s), RSS every sample: the sampler shares the 2 cores
-ENV = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # Ray daemons, not workers
 POOL = "ray::ClientWorker"  # the process title of fedray's client actors
 WORKER_BOOT = ("setup_worker.py", "default_worker.py")  # a worker before it renames itself
@@ -58,7 +57,7 @@ def make_config(num_clients: int, per_round: int, rounds: int, local_steps: int)
         "name": f"scale-{num_clients}",
         "model.name": "tiny-vit-random",
         "method.name": "lora",
-        "method.target_modules": "[q_proj, v_proj]",  # no LoRA default targets for ViT
+        "method.target_modules": "[q_proj, v_proj]",  # ViT attention (LoRA's default too)
         "data.name": "fashion_mnist",
         "data.partition.kind": "iid",
         "data.max_test_samples": 256,
@@ -433,8 +432,7 @@ def measure(plan: dict[str, int]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
+    offline()
     plan = {"A": 100, "B": 10_000, "per_round": 50, "rounds": args.rounds, "steps": 2}
     plan.update(repeats=args.repeats, warmup=1, probe=DATA_ROWS)
     if args.smoke:
