@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import ROOT, offline  # noqa: E402
+from harness import ROOT, offline  # noqa: E402
 
 offline()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from harness import Poller, offline
 
 from engine.aggregate import fedavg, fedavg_weights
 from engine.algorithms.fedavg import TRAINING_STREAM, sample_clients
@@ -29,7 +30,6 @@ from engine.methods import load_trainable_state, trainable_state
 from engine.prepare import Prepared, prepare
 from engine.runner import make_backend, start_run, worker_spec
 from engine.train import derive_seed, local_train
-from runs import Poller, offline
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

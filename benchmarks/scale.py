@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from harness import Poller, offline
 
 from engine import rundir
 from engine.algorithms.fedavg import RoundInputs, sample_clients, unavailable
@@ -37,7 +38,6 @@ from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
 from engine.prepare import prepare
 from engine.runner import _partition_record, start_run
-from runs import Poller, offline
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1  # the ceiling for both ratios

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import ROOT, offline, run_experiment  # noqa: E402
+from harness import ROOT, offline, run_experiment  # noqa: E402
 
 offline()
 
