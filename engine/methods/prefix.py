@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+import types
+from typing import Any, Literal
 
 import pydantic
 import torch
@@ -26,6 +28,33 @@ def _unsupported(model: torch.nn.Module, why: str) -> ConfigError:
         f"prefix tuning is not supported for {model_type(model)} in this transformers version "
         f"({why}); use lora or adapter",
     )
+
+
+def _forward_taking_past_key_values(
+    self: torch.nn.Module, *args: Any, past_key_values: Any = None, **kwargs: Any
+) -> Any:
+    """The backbone's own forward, with the prefix cache peft sends as `past_key_values` as `cache`."""
+    if past_key_values is not None:
+        kwargs["cache"] = past_key_values
+    return type(self).forward(self, *args, **kwargs)
+
+
+def _route_prefix_to_cache(model: torch.nn.Module) -> None:
+    """Let peft hand its prefix to a backbone whose forward names the cache `cache`.
+
+    transformers 5.24 renamed the encoders' `past_key_values` argument to `cache` (BERT family and
+    others); peft 0.21 looks for the old name in the backbone's signature and refuses prefix tuning.
+    The backbone gets a bound forward (deep-copies with its module) that takes the old name and passes
+    it on. Backbones that still take `past_key_values`, or take neither, are left as they are.
+    """
+    name = getattr(model, "transformer_backbone_name", None)
+    if name is None:  # causal LMs: peft passes the cache to the model itself
+        return
+    backbone = model.get_base_model().get_submodule(name)
+    params = inspect.signature(type(backbone).forward).parameters
+    if "past_key_values" in params or "cache" not in params:
+        return
+    backbone.forward = types.MethodType(_forward_taking_past_key_values, backbone)
 
 
 def _check_prefix_reaches_model(model: torch.nn.Module) -> None:
@@ -66,6 +95,7 @@ def apply_prefix(
         )
     except ConfigError as e:  # peft cannot size the prefix for this architecture
         raise _unsupported(model, e.message) from e
+    _route_prefix_to_cache(peft_model)
     _check_prefix_reaches_model(peft_model)
     return peft_model
 

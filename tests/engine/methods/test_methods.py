@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -148,6 +149,30 @@ def test_virtual_tokens_change_the_logits_and_train_without_the_head(method):
             p.requires_grad_(False)
     losses = train(model, "bert", steps=6, lr=5e-2)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_a_prefixed_row_ignores_its_padding_and_deep_copies(arch):
+    """The prefix joins the attention mask: a padded row's logits equal the same row unpadded.
+
+    Pins prefix tuning on the installed transformers (5.24 renamed the encoders' past_key_values to
+    cache); a deep copy keeps working on its own backbone.
+    """
+    model = adapted(arch, PrefixParams(num_virtual_tokens=4)).eval()
+    b = batch(arch)  # row 0 has 7 real tokens and 3 padding
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        padded = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[0]
+        alone = model(input_ids=b["input_ids"][:1, :7]).logits[0]
+        again = copied(input_ids=b["input_ids"][:1, :7]).logits[0]
+    # classification: one row of logits; causal LM: compare the 7 real positions
+    expected = padded if arch == "bert" else padded[:7]
+    torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, alone, rtol=0, atol=0)
+    # a forward set on a module instance must run on that module, not on the one it was copied from
+    for module in copied.modules():
+        if "forward" in vars(module):
+            assert module.forward.__self__ is module
 
 
 def test_prefix_check_rejects_a_model_that_ignores_the_prefix():
