@@ -8,6 +8,7 @@ import sys
 import traceback
 
 from engine.errors import ConfigError, FedRayRuntimeError
+from engine.versions import version_line
 
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
@@ -19,10 +20,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(USAGE_EXIT)
 
 
+class _Version(argparse.Action):
+    """`fedray --version`: one unwrapped line (argparse's own action wraps it), read when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_line())
+        raise SystemExit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fedray",
         description="Ray-native simulation of federated fine-tuning of pretrained models.",
+    )
+    p.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        help="print fedray's version and torch, transformers, peft, ray and deepspeed's, then exit",
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run an experiment config", description="Run CONFIG.")

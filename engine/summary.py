@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.ledger import Ledger
+from engine.versions import stack_versions
 
 # Metrics where lower is better; every other eval metric is maximised.
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -78,6 +79,7 @@ def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_
         "wall_s": history[-1]["time/wall_s"] if history else 0.0,
         "startup_s": startup_s,
         "virtual_s": virtual_s,
+        "versions": stack_versions(),
     }
 
 

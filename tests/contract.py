@@ -32,5 +32,6 @@ SUMMARY_KEYS = frozenset(
         "total_params",
         "wall_s",
         "virtual_s",
+        "versions",
     }
 )

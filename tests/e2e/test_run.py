@@ -10,6 +10,7 @@ import pytest
 from engine import runner
 from engine.config import load_config
 from engine.runner import resume_run, start_run
+from engine.versions import stack_versions
 from tests.conftest import tiny_overrides
 from tests.contract import ROUND_KEYS, SUMMARY_KEYS
 
@@ -39,6 +40,7 @@ def test_run_directory_contract(lora_run: Path) -> None:
     summary = json.loads((lora_run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert summary["rounds_completed"] == 3
+    assert summary["versions"] == stack_versions()
     assert summary["metrics"]["accuracy"] == recs[-1]["eval/accuracy"]
     # Cumulative bytes are the running sum of each round's up + down traffic.
     total = 0
