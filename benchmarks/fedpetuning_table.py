@@ -24,6 +24,7 @@ offline()
 
 from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
 from engine.methods import get_method  # noqa: E402
+from engine.versions import stack_versions, version_line  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "fedpetuning" / "table.yaml"
 METHODS = ("centralized", "full", "lora", "adapter", "prefix", "prompt", "bitfit", "ia3")
@@ -314,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         md += "\nsmoke run (tiny random BERT): checks the grid machinery; its accuracies mean nothing\n"
     md += f"\ngrid wall time: {total:.0f} s ({len(rows)} runs); config {args.config}"
-    md += f" with {' '.join(overrides) or 'no overrides'}\n"
+    md += f" with {' '.join(overrides) or 'no overrides'}\n{version_line()}\n"
     out.mkdir(parents=True, exist_ok=True)
     report = {"config": str(args.config), "overrides": overrides, "smoke": args.smoke,
-              "rows": rows, "target": target, "total_wall_s": total, "runs_root": str(runs_root)}  # fmt: skip
+              "rows": rows, "target": target, "total_wall_s": total, "runs_root": str(runs_root), "versions": stack_versions()}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(md)
     print(md, flush=True)
