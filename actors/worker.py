@@ -11,6 +11,16 @@ from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
 
 
+def hide_unassigned_gpus() -> None:
+    """Make the GPUs invisible to a Ray process that was assigned none.
+
+    Recent Ray no longer sets CUDA_VISIBLE_DEVICES for actors that asked for no GPU, so they would
+    see (and could allocate on) every GPU of the node. Call before anything touches CUDA.
+    """
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 @ray.remote(max_restarts=0, max_task_retries=0)
 class ClientWorker:
     """Loads the frozen base model once; serves any number of virtual clients."""
@@ -19,6 +29,7 @@ class ClientWorker:
         self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None
     ) -> None:
         # link: the SFPrompt client's connection to the body server (None for FedAvg)
+        hide_unassigned_gpus()  # a worker trains on a GPU only if Ray gave it one
         self.runtime = make_runtime(spec, train, test, link)
 
     def ready(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ import torch
 
 from engine.cost import StepCostMeter, memory_estimate
 from engine.data.batching import Encoded
+from engine.device import Placement
 from engine.ledger import deserialize_state, serialize_state
 from engine.methods import (
     apply_method,
@@ -37,6 +38,7 @@ class WorkerSpec:
     method_fields: dict[str, Any]
     torch_threads: int = 1
     pooling: str = "cls"
+    precision: str = "auto"  # train.precision, resolved against the worker's own device
     split: Any = None  # engine.split.client.SplitPlan for SFPrompt, else None
 
 
@@ -108,7 +110,9 @@ class ClientRuntime:
         method = get_method(spec.method)
         params = method.params_type(name=spec.method, **spec.method_fields)
         torch.manual_seed(spec.seed)  # method init (e.g. LoRA A) is identical in every worker
-        self.model = apply_method(base, spec.task, params)
+        # Built on the CPU (the same init everywhere), then moved once to the worker's device.
+        self.placement = Placement.here(spec.precision)
+        self.model = apply_method(base, spec.task, params).to(self.placement.device)
         self.trainable, self.total = count_parameters(self.model)
         self.meter = StepCostMeter(self.model.parameters())
         self._global = GlobalCache()
@@ -136,6 +140,7 @@ class ClientRuntime:
             task.seed,
             self.meter,
             flops_budget=task.flops_budget,
+            placement=self.placement,
         )
         blob = serialize_state(trainable_state(self.model))
         peak = memory_estimate(self.total, self.trainable, activation_bytes=result.activation_bytes)
@@ -159,6 +164,7 @@ class ClientRuntime:
             self.spec.task,
             self.spec.pad_id,
             self.spec.num_labels,
+            self.placement,
         )
 
 

@@ -101,6 +101,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     group_by_length: bool = True
+    # Autocast precision of client training and evaluation; weights, gradients and the uploaded
+    # state stay fp32. auto: bf16 on a worker whose GPU supports it, fp32 on a CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class EvalConfig(_Section):

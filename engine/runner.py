@@ -41,6 +41,7 @@ def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
         method_fields=fields,
         torch_threads=cfg.resources.torch_threads,
         pooling=resolve_pooling(cfg.model.name, cfg.model.pooling),
+        precision=cfg.train.precision,
     )
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.cost import StepCostMeter
 from engine.data.batching import Encoded, batch_shape, collate, make_batches
+from engine.device import CPU_FP32, Placement
 
 
 def derive_seed(*parts: int) -> int:
@@ -69,16 +70,19 @@ def local_train(
     seed: int,
     meter: StepCostMeter,
     flops_budget: float | None = None,
+    placement: Placement = CPU_FP32,
 ) -> TrainResult:
     """Train `model` in place on rows of `enc`; all randomness comes from `seed`.
 
     With `flops_budget`, training stops before the first step that would take the client's FLOPs
     past it (that step's gradient is computed to know its cost, then discarded, not applied).
+    `placement`: the device `model` is on (batches are moved there) and the autocast precision.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, spec)
+    scaler = placement.scaler()  # scales fp16 losses; a pass-through otherwise
     model.train()
     lengths = enc.lengths
     losses: list[float] = []
@@ -89,11 +93,12 @@ def local_train(
     while True:
         batches = make_batches(rows, lengths, spec.batch_size, rng, spec.group_by_length)
         for rows_b in batches:
-            batch = model_inputs(collate(enc, rows_b, spec.pad_id), spec.task)
+            batch = placement.to_device(model_inputs(collate(enc, rows_b, spec.pad_id), spec.task))
 
             def step(batch=batch) -> float:
-                loss = model(**batch).loss
-                loss.backward()
+                with placement.autocast():
+                    loss = model(**batch).loss
+                scaler.scale(loss).backward()
                 return float(loss.detach())
 
             loss, cost = meter.measure(batch_shape(batch), step)
@@ -102,8 +107,10 @@ def local_train(
                 partial = True
                 break
             if spec.max_grad_norm is not None:
+                scaler.unscale_(opt)  # clip the true gradients, not fp16-scaled ones
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            opt.step()
+            scaler.step(opt)  # fp16: skips the step when a gradient overflowed
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             losses.append(loss)
             flops += cost.flops
@@ -133,12 +140,15 @@ def evaluate_batches(
     task: str,
     pad_id: int,
     num_labels: int,
+    placement: Placement = CPU_FP32,
 ) -> list[dict]:
     """Per-batch sums (loss_sum, count, hits, confusion), so any sharding merges to the same totals."""
     model.eval()
 
     def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**{n: v for n, v in batch.items() if n != "labels"}).logits
+        inputs = placement.to_device({n: v for n, v in batch.items() if n != "labels"})
+        with placement.autocast():
+            return model(**inputs).logits.float().cpu()
 
     return evaluate_logits(logits_of, enc, batches, task, pad_id, num_labels)
 

@@ -61,6 +61,11 @@ def check_sfprompt(cfg: RunConfig) -> None:
         raise ConfigError(
             "split.prompt_length", "nothing would train; set prompts, train_tail or train_head"
         )
+    if cfg.train.precision not in ("auto", "fp32"):  # the split client trains in fp32 on its CPU
+        raise ConfigError(
+            "train.precision",
+            f"{cfg.train.precision} is not available to sfprompt's split client yet; use auto or fp32",
+        )
     if cfg.server.dtype == "bf16" and not torch.cuda.is_available():
         raise ConfigError("server.dtype", "bf16 needs a GPU here; use fp32")
     mtype, depth, budget = _model_shape(cfg.model.name)

@@ -1,0 +1,98 @@
+"""Device and precision: auto's choice per device, autocast and the loss scaler, bf16 training on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backend import LocalBackend
+from engine.config import load_config
+from engine.device import CPU_FP32, Placement, resolve_precision
+from engine.runner import start_run
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "bf16_supported", "expected"),
+    [
+        ("auto", CPU, None, "fp32"),  # a CPU never autocasts by default
+        ("auto", CUDA, True, "bf16"),  # Ampere and newer
+        ("auto", CUDA, False, "fp32"),  # a GPU without bf16 keeps fp32 (fp16 only when asked)
+        ("fp32", CUDA, True, "fp32"),
+        ("bf16", CPU, None, "bf16"),  # asked for: CPU autocast supports bf16
+        ("fp16", CUDA, False, "fp16"),
+    ],
+)
+def test_auto_precision_follows_the_device(precision, device, bf16_supported, expected) -> None:
+    assert resolve_precision(precision, device, bf16_supported) == expected
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="fp8"):
+        resolve_precision("fp8", CPU)
+
+
+def test_autocast_computes_in_the_low_precision_and_the_scaler_scales_fp16_only() -> None:
+    layer = torch.nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with Placement(CPU, precision).autocast():
+            assert layer(x).dtype == dtype
+    assert layer.weight.dtype == torch.float32  # the weights themselves are never cast
+    assert not Placement(CPU, "bf16").scaler().is_enabled()
+    assert Placement(CPU, "fp16").scaler().is_enabled()
+    loss = torch.tensor(2.0)
+    assert Placement(CPU, "fp32").scaler().scale(loss) is loss  # fp32 is untouched
+
+
+def _without_wall(record: dict) -> dict:
+    return {k: v for k, v in record.items() if "wall" not in k}
+
+
+def _run(tmp_path: Path, name: str, precision: str) -> list[dict]:
+    cfg = load_config(
+        ROOT / "configs" / "quickstart.yaml", tiny_overrides(**{"train.precision": precision})
+    )
+    run = start_run(cfg, out=str(tmp_path / name), backend=LocalBackend())
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("low", ["bf16", "fp16"])
+def test_a_low_precision_run_on_cpu_stays_within_tolerance_of_fp32(tmp_path: Path, low) -> None:
+    """In-process runs (3 rounds, tiny BERT): autocast changes the numbers, not the outcome.
+
+    Tolerance: bf16 keeps 8 mantissa bits (relative rounding 2**-9 = 0.2%) per op, fp16 11; over 6
+    local steps and 3 rounds the eval loss may move by 2% and accuracy by 5 of the 64 test rows.
+    fp16 also runs the loss scaler (scale, unscale before clipping, step, update).
+    """
+    runs = [_run(tmp_path, n, p) for n, p in (("a", "fp32"), ("b", low), ("c", low))]
+    for r32, r16, r16b in zip(*runs, strict=True):
+        # autocast really ran in low precision (eval losses are float32 sums over 64 rows and may
+        # round to the same value; the training loss averages every step of every client)
+        assert r16["train/loss"] != r32["train/loss"]
+        assert r16["eval/loss"] == pytest.approx(r32["eval/loss"], rel=0.02)
+        assert abs(r16["eval/accuracy"] - r32["eval/accuracy"]) <= 5 / 64
+        # device-independent accounting: the same bytes (fp32 state) and FLOPs whatever the precision
+        assert r16["comm/bytes_up"] == r32["comm/bytes_up"]
+        assert r16["client/flops_mean"] == r32["client/flops_mean"]
+        assert _without_wall(r16b) == _without_wall(r16)  # and deterministic
+
+
+def test_auto_on_a_cpu_is_bit_for_bit_fp32(tmp_path: Path) -> None:
+    auto, fp32 = _run(tmp_path, "auto", "auto"), _run(tmp_path, "fp32", "fp32")
+    assert [_without_wall(r) for r in auto] == [_without_wall(r) for r in fp32]
+
+
+def test_cpu_fp32_moves_nothing() -> None:
+    batch = {"input_ids": torch.arange(6).view(2, 3)}
+    assert CPU_FP32.to_device(batch) is batch
+    assert np.array_equal(
+        CPU_FP32.to_device(batch)["input_ids"].numpy(), np.arange(6).reshape(2, 3)
+    )
