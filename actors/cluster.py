@@ -41,3 +41,15 @@ def cluster_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def hide_unassigned_gpus() -> None:
+    """Make the GPUs invisible to a Ray process that was assigned none.
+
+    Recent Ray no longer sets CUDA_VISIBLE_DEVICES for actors that asked for no GPU, so they would
+    see (and could allocate on) every GPU of the node. Call before anything touches CUDA.
+    """
+    import ray
+
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""

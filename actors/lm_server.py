@@ -10,6 +10,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors.cluster import hide_unassigned_gpus
 from engine.errors import FedRayRuntimeError
 from engine.ledger import deserialize_state, serialize_state
 from engine.lm.blackbox import BlackBoxLM
@@ -24,6 +25,7 @@ class LargeLMServer:
     def __init__(
         self, factory: Callable[[], torch.nn.Module], logits_dtype: str, torch_threads: int
     ) -> None:
+        hide_unassigned_gpus()  # it requests no GPU yet: keep it off every GPU of the node
         torch.set_num_threads(torch_threads)
         self.threads = torch_threads
         self.lm = BlackBoxLM(factory(), logits_dtype)

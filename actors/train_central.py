@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.cluster import hide_unassigned_gpus
 from engine.algorithms.centralized import CentralJob, train_rounds
 from engine.errors import FedRayRuntimeError
 
@@ -12,6 +13,7 @@ def central_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: run the job's rounds, reporting each round's record."""
     import ray.train
 
+    hide_unassigned_gpus()  # the trainer asks for no GPU (use_gpu=False): train on the CPU
     job: CentralJob = config["job"]
     train_rounds(job, lambda record: ray.train.report(_numeric(record)))
 

@@ -7,18 +7,9 @@ import time
 
 import ray
 
+from actors.cluster import hide_unassigned_gpus
 from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
-
-
-def hide_unassigned_gpus() -> None:
-    """Make the GPUs invisible to a Ray process that was assigned none.
-
-    Recent Ray no longer sets CUDA_VISIBLE_DEVICES for actors that asked for no GPU, so they would
-    see (and could allocate on) every GPU of the node. Call before anything touches CUDA.
-    """
-    if not ray.get_gpu_ids():
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)

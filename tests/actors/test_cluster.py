@@ -1,4 +1,4 @@
-"""actors/worker.py: a Ray process that asked for no GPU sees none, whatever the Ray version."""
+"""actors/cluster.py: a Ray process that asked for no GPU sees none, whatever the Ray version."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 
 def test_a_process_without_a_gpu_request_sees_no_gpu(ray_session) -> None:
-    from actors.worker import hide_unassigned_gpus
+    from actors.cluster import hide_unassigned_gpus
 
     @ray_session.remote(num_cpus=0.1, num_gpus=0)
     def visible_after_hiding() -> tuple[str | None, bool]:
