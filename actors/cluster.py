@@ -43,6 +43,12 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
 def hide_unassigned_gpus() -> None:
     """Make the GPUs invisible to a Ray process that was assigned none.
 

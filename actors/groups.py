@@ -77,12 +77,14 @@ def plan_groups(
     profiles: Sequence[DeviceProfile],
     free_cpus: float | None,
     requested: int | str | None = None,
+    free_gpus: float | None = None,
 ) -> tuple[list[WorkerGroup], list[int]]:
     """(groups, each client's group index) for a population of device profiles.
 
     Every group gets one worker; `auto` then adds workers, one at a time, to the group with the
     most clients per worker (ties: the earlier group) while its request fits in `free_cpus` and
-    fewer workers than clients per round run. An integer `requested` is split the same way.
+    `free_gpus` (None: no limit) and fewer workers than clients per round run. An integer
+    `requested` is split the same way.
     """
     requested = cfg.resources.num_workers if requested is None else requested
     request = {p.name: device_resources(cfg, p) for p in profiles}  # one per distinct device
@@ -100,11 +102,13 @@ def plan_groups(
                 f"({_listing(shapes, devices)}); use >= {len(shapes)} or 'auto', or set "
                 "resources.client_num_cpus to give every device the same request",
             )
-        cap, budget = int(requested), float("inf")
+        cap, budget, gpu_budget = int(requested), float("inf"), float("inf")
     else:
         cap = max(len(shapes), cfg.federation.clients_per_round)
         need = sum(s.num_cpus for s in shapes)
         budget = float("inf") if free_cpus is None else free_cpus - need
+        need_gpus = sum(s.num_gpus for s in shapes)
+        gpu_budget = float("inf") if free_gpus is None else free_gpus - need_gpus
         if budget < -_EPS and len(shapes) > 1:
             raise ConfigError(
                 "devices.mix",
@@ -114,21 +118,31 @@ def plan_groups(
             )
     while sum(sizes) < cap:
         order = sorted(range(len(shapes)), key=lambda g: (-clients[g] / (sizes[g] + 1), g))
-        fits = [g for g in order if shapes[g].num_cpus <= budget + _EPS]
+        fits = [
+            g
+            for g in order
+            if shapes[g].num_cpus <= budget + _EPS
+            and (not shapes[g].num_gpus or shapes[g].num_gpus <= gpu_budget + _EPS)
+        ]
         if not fits:
             break
         g = fits[0]
         sizes[g] += 1
         budget -= shapes[g].num_cpus
+        gpu_budget -= shapes[g].num_gpus
     groups = [WorkerGroup(s, n, tuple(d)) for s, n, d in zip(shapes, sizes, devices, strict=True)]
     return groups, client_group
 
 
 def check_placeable(
-    cfg: RunConfig, groups: Sequence[WorkerGroup], totals: dict[str, float]
+    cfg: RunConfig,
+    groups: Sequence[WorkerGroup],
+    totals: dict[str, float],
+    server_gpus: float = 0.0,
 ) -> None:
-    """A ConfigError if one worker of a group asks for more than the whole (local) cluster has:
-    Ray would queue it forever. Only for a Ray fedray started: a joined cluster may autoscale."""
+    """A ConfigError if one worker of a group asks for more than the whole (local) cluster has, or
+    all workers together (with the server's `server_gpus`) ask for more GPUs than it has: Ray would
+    queue them forever. Only for a Ray fedray started: a joined cluster may autoscale."""
     keys = {
         "CPU": ("resources.client_num_cpus", "num_cpus"),
         "GPU": ("resources.client_num_gpus", "num_gpus"),
@@ -151,6 +165,28 @@ def check_placeable(
                     f"Ray has {unit(have)}; lower {key} (or the profile's {profile_field}) or "
                     "run on a cluster that has it (ray.address)",
                 )
+    _check_gpu_total(cfg, groups, totals.get("GPU", 0.0), server_gpus)
+
+
+def _check_gpu_total(
+    cfg: RunConfig, groups: Sequence[WorkerGroup], have: float, server_gpus: float
+) -> None:
+    """Workers x GPU fraction (+ the server's GPUs) must fit the cluster's GPUs."""
+    workers = sum(g.size * g.resources.num_gpus for g in groups)
+    if workers + server_gpus <= have + _EPS:
+        return
+    listing = ", ".join(
+        f"{g.size} x {g.resources.num_gpus:g}" for g in groups if g.resources.num_gpus
+    )
+    server = f" + {server_gpus:g} for the server (server.num_gpus)" if server_gpus else ""
+    explicit = isinstance(cfg.resources.num_workers, int)
+    key = "resources.num_workers" if explicit else "resources.client_num_gpus"
+    fix = "lower resources.num_workers (or use auto)" if explicit else f"lower {key}"
+    raise ConfigError(
+        key,
+        f"client workers ask for {listing} = {workers:g} GPUs{server} but this Ray has {have:g}; "
+        f"{fix}, or run on a cluster with more GPUs (ray.address)",
+    )
 
 
 def _listing(shapes: Sequence[WorkerResources], devices: Sequence[Sequence[str]]) -> str:

@@ -52,6 +52,11 @@ def server_cpus(cfg: RunConfig) -> float:
     )
 
 
+def server_gpus(cfg: RunConfig) -> float:
+    """The Ray GPUs of the run's server actor (SFPrompt's body server; FedPT's asks for none yet)."""
+    return cfg.server.num_gpus if cfg.algorithm == "sfprompt" else 0.0
+
+
 def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
     """Start (or join) Ray and size the client worker groups from config and cluster resources.
 
@@ -59,7 +64,7 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
     """
     import ray
 
-    from actors.cluster import cluster_cpus, init_ray
+    from actors.cluster import cluster_cpus, cluster_gpus, init_ray
     from actors.groups import check_placeable, describe_groups, plan_groups
     from actors.pool import RayBackend
 
@@ -67,10 +72,15 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
         profiles = [load_device_profile(cfg.resources.device_profile)]
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
     try:
-        # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs first.
-        groups, client_group = plan_groups(cfg, profiles, cluster_cpus() - server_cpus(cfg))
+        # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs and GPUs first.
+        groups, client_group = plan_groups(
+            cfg,
+            profiles,
+            cluster_cpus() - server_cpus(cfg),
+            free_gpus=cluster_gpus() - server_gpus(cfg),
+        )
         if started:
-            check_placeable(cfg, groups, ray.cluster_resources())
+            check_placeable(cfg, groups, ray.cluster_resources(), server_gpus(cfg))
     except ConfigError:
         if started:
             ray.shutdown()

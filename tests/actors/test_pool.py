@@ -144,6 +144,39 @@ def test_a_worker_no_node_can_hold_is_refused_with_its_key() -> None:
     check_placeable(_cfg(), [fits], totals)  # each worker fits (Ray may queue the third)
 
 
+def test_auto_sizing_stops_at_the_free_gpus() -> None:
+    cfg = _cfg(**{"federation.clients_per_round": 6, "resources.client_num_gpus": 0.25})
+    laptop = [load_device_profile("laptop")]
+    # 16 CPUs would fit 6 one-CPU workers; 1 free GPU fits 1 / 0.25 = 4 of them.
+    (group,), _ = plan_groups(cfg, laptop, 16.0, free_gpus=1.0)
+    assert group.size == 4
+    # A server holding 0.5 of the 1 GPU leaves room for 2; CPUs still bound: 3 CPUs -> 3.
+    assert plan_groups(cfg, laptop, 16.0, free_gpus=0.5)[0][0].size == 2
+    assert plan_groups(cfg, laptop, 3.0, free_gpus=8.0)[0][0].size == 3
+    # Workers that ask for no GPU ignore the GPU budget, even one a server overdraws.
+    cpu_only = _cfg(**{"federation.clients_per_round": 6})
+    assert plan_groups(cpu_only, laptop, 16.0, free_gpus=-1.0)[0][0].size == 6
+
+
+def test_workers_and_server_beyond_the_gpus_are_refused_with_their_key() -> None:
+    from actors.groups import check_placeable
+
+    totals = {"CPU": 16.0, "GPU": 1.0}
+    laptop = [load_device_profile("laptop")]
+    cfg = _cfg(**{"resources.client_num_gpus": 0.5, "resources.num_workers": 3})
+    (group,), _ = plan_groups(cfg, laptop, 16.0, free_gpus=1.0)
+    assert group.size == 3  # an explicit count is taken as asked...
+    with pytest.raises(ConfigError) as err:
+        check_placeable(cfg, [group], totals)  # ...and refused: 3 x 0.5 = 1.5 > 1
+    assert err.value.key == "resources.num_workers"
+    assert "client workers ask for 3 x 0.5 = 1.5 GPUs but this Ray has 1" in err.value.message
+    two = _cfg(**{"resources.client_num_gpus": 0.5, "resources.num_workers": 2})
+    (group,), _ = plan_groups(two, laptop, 16.0)
+    check_placeable(two, [group], totals)  # 2 x 0.5 = 1: exactly fits
+    with pytest.raises(ConfigError, match=r"1 GPUs \+ 0.25 for the server \(server.num_gpus\)"):
+        check_placeable(two, [group], totals, server_gpus=0.25)
+
+
 def test_a_cluster_too_small_for_the_groups_writes_no_run_dir(ray_session, tmp_path: Path) -> None:
     from engine.runner import start_run
 
