@@ -10,7 +10,7 @@ from engine.clock import assign_profiles
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.rundir import CONFIG
-from engine.runner import server_cpus
+from engine.runner import server_cpus, server_gpus
 from tuning.sweep import SweepConfig, trial_config
 
 RUN = "run"  # the trial's fedray run directory, under the trial's folder
@@ -36,8 +36,9 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     from actors.groups import plan_groups
 
     bundles = [{"CPU": sweep.trial.driver_cpus}]
-    if server_cpus(cfg) > 0:
-        bundles.append({"CPU": server_cpus(cfg)})
+    server = {"CPU": server_cpus(cfg), "GPU": server_gpus(cfg)}
+    if any(server.values()):
+        bundles.append({k: v for k, v in server.items() if v})
     profiles = assign_profiles(
         cfg.devices.mix, cfg.resources.device_profile, cfg.federation.num_clients, cfg.seed
     )

@@ -80,6 +80,11 @@ def test_mixed_devices_reserve_one_bundle_per_worker_with_its_group_request(tmp_
     # driver 0.5, body server 1, then 2 phone-low workers (0.25 CPU) and 1 laptop worker (1 CPU)
     assert trial_bundles(sweep, base) == [{"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 0.25},
                                           {"CPU": 0.25}, {"CPU": 1.0}]  # fmt: skip
+    gpus = {"overrides": {"server.num_gpus": 0.5, "resources.client_num_gpus": 0.25}}
+    sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 2}, **gpus))
+    # the body server's and each worker's GPU share are reserved with their CPUs
+    assert trial_bundles(sweep, base) == [{"CPU": 0.5}, {"CPU": 1.0, "GPU": 0.5},
+                                          {"CPU": 1.0, "GPU": 0.25}, {"CPU": 1.0, "GPU": 0.25}]  # fmt: skip
     sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 1}, **mix))
     with pytest.raises(ConfigError) as err:
         trial_bundles(sweep, base)
