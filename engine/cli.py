@@ -20,6 +20,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(USAGE_EXIT)
 
 
+IN_PROCESS_HELP = (
+    "no Ray: clients train one after another in this process (the same numbers; for debugging, "
+    "or a GPU host without Ray or DeepSpeed)"
+)
+
+
 class _Version(argparse.Action):
     """`fedray --version`: one unwrapped line (argparse's own action wraps it), read when asked."""
 
@@ -45,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     run.add_argument("--out", help="run directory (default: runs/<name>-<N>)")
     run.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    run.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
     res = sub.add_parser("resume", help="continue a run from its last checkpoint")
     res.add_argument("run_dir", metavar="RUN_DIR")
     res.add_argument("--address", help="Ray cluster address (overrides ray.address)")
+    res.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
     tune = sub.add_parser(
         "tune",
         help="sweep an experiment with Ray Tune",
@@ -94,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         from engine.config import load_config
         from engine.runner import resume_run, start_run
 
+        if args.command in ("run", "resume"):
+            backend = _in_process_backend(args)
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
-            start_run(cfg, out=args.out, address=args.address)
+            start_run(cfg, out=args.out, address=args.address, backend=backend)
         elif args.command == "resume":
-            resume_run(args.run_dir, address=args.address)
+            resume_run(args.run_dir, address=args.address, backend=backend)
         elif args.command == "tune":
             _tune(args)
         elif args.command == "report":
@@ -121,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return RUNTIME_EXIT
+
+
+def _in_process_backend(args: argparse.Namespace):
+    """The local backend for --in-process (None: Ray); --address with it is a usage error."""
+    if not args.in_process:
+        return None
+    if args.address:
+        raise ConfigError("--in-process", "runs without Ray; drop --address (or --in-process)")
+    from engine.backend import LocalBackend
+
+    return LocalBackend()
 
 
 def _one_line(text: str) -> str:

@@ -194,7 +194,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         from engine.algorithms.centralized import run_centralized
 
         resume = (resume_from[1], resume_from[2]) if resume_from is not None else None
-        return run_centralized(cfg, prep, run_dir, address, resume)
+        # a backend given for centralized means in process (fedray run --in-process)
+        return run_centralized(cfg, prep, run_dir, address, resume, in_process=backend is not None)
     t_start = time.perf_counter()
     spec = worker_spec(cfg, prep)
     backend = backend or make_backend(cfg, address, prep.profiles)

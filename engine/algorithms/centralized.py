@@ -198,19 +198,27 @@ def make_job(
 
 
 def run_centralized(
-    cfg, prep, run_dir: Path, address: str | None = None, resume: tuple[bytes, dict] | None = None
+    cfg,
+    prep,
+    run_dir: Path,
+    address: str | None = None,
+    resume: tuple[bytes, dict] | None = None,
+    in_process: bool = False,
 ) -> Path:
     """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline on
-    Ray Train; writes the federated run-dir contract."""
-    from actors.cluster import init_ray
-    from actors.groups import device_resources
-    from actors.train_central import fit_central
+    Ray Train, or in this process; writes the federated run-dir contract."""
     from engine.summary import best_of, build_summary, print_table
     from engine.tracking import Tracker
 
     t_start = time.time()
     job = make_job(cfg, prep, run_dir, resume, t_start)
-    if job.first_round <= job.rounds:
+    if job.first_round <= job.rounds and in_process:
+        train_rounds(job, lambda record: None)  # the loop Ray Train's worker runs, here
+    elif job.first_round <= job.rounds:
+        from actors.cluster import init_ray
+        from actors.groups import device_resources
+        from actors.train_central import fit_central
+
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
         fit_central(
             job,

@@ -1,0 +1,65 @@
+"""fedray run --in-process: no Ray, no DeepSpeed, no W&B imported; the same numbers as on Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.cli import main
+from engine.config import load_config
+from engine.runner import start_run
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+HEAVY = ("ray", "deepspeed", "wandb", "matplotlib")
+# Runs the CLI in a fresh interpreter and prints its exit code and the heavy modules it imported.
+PROBE = f"""
+import json, sys
+from engine.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({{"code": code, "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+"""
+
+
+def _probe(args: list[str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _records(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
+
+
+def test_an_in_process_run_imports_no_ray_and_matches_the_ray_run(ray_session, tmp_path) -> None:
+    local = tmp_path / "local"
+    probe = _probe(["run", QUICKSTART, *tiny_overrides(), "--in-process", "--out", str(local)])
+    assert probe == {"code": 0, "loaded": []}
+    on_ray = start_run(load_config(QUICKSTART, tiny_overrides()), out=str(tmp_path / "ray"))
+    assert _records(local) == _records(on_ray)
+    summary = json.loads((local / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+
+
+def test_the_centralized_baseline_runs_in_process_without_ray(tmp_path) -> None:
+    out = tmp_path / "central"
+    over = tiny_overrides(algorithm="centralized", **{"federation.rounds": 2})
+    probe = _probe(["run", QUICKSTART, *over, "--in-process", "--out", str(out)])
+    assert probe == {"code": 0, "loaded": []}
+    assert [r["round"] for r in _records(out)] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
+
+
+def test_in_process_with_an_address_is_a_usage_error(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["run", QUICKSTART, *tiny_overrides(), "--in-process", "--address", "auto"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --in-process: runs without Ray; drop --address (or --in-process)"]
+    assert not out.exists()
