@@ -229,11 +229,22 @@ def run_round(
     if server is not None:
         record["server/restarts"] = restarts
     record.update(server_record)
+    for dev, wall in slowest_wall_by_device(ok, inp).items():
+        record[f"time/round_wall_s/{dev}"] = wall  # how long each device's workers took (real s)
     for name in sorted({k for r in ok for k in r.extra}):
         record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
     for name in sorted({k for r in ok for k in r.traffic}):
         record[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
     return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
+
+
+def slowest_wall_by_device(results: list, inp: RoundInputs) -> dict[str, float]:
+    """{device profile: the longest wall time of its clients' tasks this round}, by device name."""
+    slowest: dict[str, float] = {}
+    for r in results:
+        dev = inp.device(r.client_id).name
+        slowest[dev] = max(slowest.get(dev, 0.0), r.wall_s)
+    return dict(sorted(slowest.items()))
 
 
 def injected_fault(inp: RoundInputs, round: int, client: int) -> str | None:

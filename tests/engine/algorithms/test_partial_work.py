@@ -92,6 +92,9 @@ def test_slow_clients_contribute_partial_work_instead_of_being_dropped(tmp_path:
         in_round = [c for c in phones if c["round"] == r["round"]]
         assert r["clients/partial"] == len(in_round) and r["clients/dropped"] == 0
         assert r["clients/completed"] == 3
+        # each device that trained this round has its workers' wall time
+        ran = {c["device"] for c in rows if c["round"] == r["round"]}
+        assert {k.rsplit("/", 1)[1] for k in r if k.startswith("time/round_wall_s/")} == ran
     dropped, dropped_rows = _run(tmp_path, "drop")
     assert all(c["steps"] == 6 for c in dropped_rows)
     assert all(r["clients/dropped_reasons"] for r in dropped if r["round"] == 1)
