@@ -96,3 +96,37 @@ def test_cpu_fp32_moves_nothing() -> None:
     assert np.array_equal(
         CPU_FP32.to_device(batch)["input_ids"].numpy(), np.arange(6).reshape(2, 3)
     )
+
+
+@pytest.mark.cuda
+def test_a_tiny_model_trains_on_cuda_as_on_cpu_to_1e_4() -> None:
+    """Ten Adam steps of LoRA on the tiny BERT, fp32 on both: the trained states agree to 1e-4."""
+    from engine.methods import trainable_state
+    from engine.methods.lora import LoraParams
+    from tests.engine.methods.tiny_models import adapted, batch
+
+    states = []
+    for placement in (CPU_FP32, Placement(CUDA, "fp32")):
+        model = adapted("bert", LoraParams()).to(placement.device)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(10):
+            with placement.autocast():
+                loss = model(**placement.to_device(batch("bert"))).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        states.append(trainable_state(model))
+    for name, cpu in states[0].items():
+        np.testing.assert_allclose(states[1][name], cpu, atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.cuda
+def test_auto_is_bf16_on_a_gpu_that_has_it_and_stays_near_fp32(tmp_path: Path) -> None:
+    """In process on the GPU: auto picks bf16 (Ampere or newer) and ends within bf16's tolerance."""
+    assert Placement.here("auto").precision == (
+        "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    )
+    auto, fp32 = _run(tmp_path, "auto", "auto"), _run(tmp_path, "fp32", "fp32")
+    for ra, rf in zip(auto, fp32, strict=True):
+        assert ra["eval/loss"] == pytest.approx(rf["eval/loss"], rel=0.02)
+        assert ra["comm/bytes_up"] == rf["comm/bytes_up"]
