@@ -197,6 +197,21 @@ def make_job(
     )
 
 
+def _fit_on_ray(job: CentralJob, cfg, prep, run_dir: Path, address: str | None) -> None:
+    """The job's rounds on one Ray Train worker (sized as the experiment's device)."""
+    from actors.cluster import init_ray
+    from actors.groups import device_resources
+    from actors.train_central import fit_central
+
+    init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    fit_central(
+        job,
+        storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
+        name=f"central-from-round-{job.first_round}",
+        num_cpus=device_resources(cfg, prep.profile).num_cpus,
+    )
+
+
 def run_centralized(
     cfg,
     prep,
@@ -212,20 +227,11 @@ def run_centralized(
 
     t_start = time.time()
     job = make_job(cfg, prep, run_dir, resume, t_start)
-    if job.first_round <= job.rounds and in_process:
-        train_rounds(job, lambda record: None)  # the loop Ray Train's worker runs, here
-    elif job.first_round <= job.rounds:
-        from actors.cluster import init_ray
-        from actors.groups import device_resources
-        from actors.train_central import fit_central
-
-        init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
-        fit_central(
-            job,
-            storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
-            name=f"central-from-round-{job.first_round}",
-            num_cpus=device_resources(cfg, prep.profile).num_cpus,
-        )
+    if job.first_round <= job.rounds:
+        if in_process:
+            train_rounds(job, lambda record: None)  # the loop Ray Train's worker runs, here
+        else:
+            _fit_on_ray(job, cfg, prep, run_dir, address)
     history = rundir.read_metrics(run_dir)
     found = latest_good_checkpoint(run_dir / rundir.CHECKPOINTS)
     if found is None:
