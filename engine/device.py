@@ -23,7 +23,7 @@ def local_device() -> torch.device:
 def resolve_precision(
     precision: str, device: torch.device, bf16_supported: bool | None = None
 ) -> str:
-    """ "auto" -> bf16 on a GPU that supports it, else fp32 (always fp32 on a CPU); others as asked.
+    """Resolve auto: bf16 on a GPU that supports it, else fp32 (always fp32 on a CPU); others stay.
 
     `bf16_supported`: the device's answer (torch.cuda.is_bf16_supported() when None and on CUDA).
     """
