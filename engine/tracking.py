@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engine.versions import stack_versions
+
 
 class Tracker:
     """One W&B run per fedray run: config, per-round metrics, the final trainable weights as an artifact."""
@@ -25,7 +27,8 @@ class Tracker:
             name=run_dir.name,
             dir=str(run_dir),
             mode=mode,
-            config=cfg.model_dump(mode="json"),
+            # the versions make runs of different stacks tell apart (and filter) in W&B
+            config={**cfg.model_dump(mode="json"), "versions": stack_versions()},
             reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off"),
         )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from engine.config import validate_config
 from engine.tracking import Tracker
+from engine.versions import stack_versions
 
 
 def test_offline_run_is_written_in_the_run_dir(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = validate_config({"name": "t", "wandb": {"mode": "offline"}})
     tracker = Tracker(cfg, tmp_path)
+    assert tracker.run.config["versions"] == stack_versions()  # the stack the run used
+    assert tracker.run.config["name"] == "t"
     tracker.log({"round": 1, "eval/accuracy": 0.5, "clients/failed_reasons": {}})
     tracker.finish({"wall_s": 1.0}, b"\x00" * 16)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
