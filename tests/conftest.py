@@ -37,6 +37,19 @@ def ray_session():
     ray.shutdown()
 
 
+def run_records(run_dir) -> list[dict]:
+    """The rows of a run directory's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_wall(records: list[dict]) -> list[dict]:
+    """Records without their wall-clock keys, the only ones that differ between equal runs."""
+    return [{k: v for k, v in r.items() if "wall" not in k} for r in records]
+
+
 def tiny_overrides(**extra: object) -> list[str]:
     """A run that takes seconds: tiny random BERT, 200 reviews, 3 rounds of 2 local steps."""
     base = {

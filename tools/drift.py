@@ -28,7 +28,7 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """{name: version} of this interpreter's distributions, fedray itself left out."""
+    """{name: version} of this interpreter's distributions, less fedray and pip (not in the lock)."""
     found = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
     for tool in ("fedray", "pip"):
         found.pop(tool, None)

@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.cli import main
 from engine.config import load_config
 from engine.runner import start_run
-from tests.conftest import tiny_overrides
+from tests.conftest import run_records, tiny_overrides, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -32,17 +32,12 @@ def _probe(args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _records(run_dir: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
-
-
 def test_an_in_process_run_imports_no_ray_and_matches_the_ray_run(ray_session, tmp_path) -> None:
     local = tmp_path / "local"
     probe = _probe(["run", QUICKSTART, *tiny_overrides(), "--in-process", "--out", str(local)])
     assert probe == {"code": 0, "loaded": []}
     on_ray = start_run(load_config(QUICKSTART, tiny_overrides()), out=str(tmp_path / "ray"))
-    assert _records(local) == _records(on_ray)
+    assert without_wall(run_records(local)) == without_wall(run_records(on_ray))
     summary = json.loads((local / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
 
@@ -52,7 +47,7 @@ def test_the_centralized_baseline_runs_in_process_without_ray(tmp_path) -> None:
     over = tiny_overrides(algorithm="centralized", **{"federation.rounds": 2})
     probe = _probe(["run", QUICKSTART, *over, "--in-process", "--out", str(out)])
     assert probe == {"code": 0, "loaded": []}
-    assert [r["round"] for r in _records(out)] == [1, 2]
+    assert [r["round"] for r in run_records(out)] == [1, 2]
     assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
 
 

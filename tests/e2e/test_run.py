@@ -11,18 +11,10 @@ from engine import runner
 from engine.config import load_config
 from engine.runner import resume_run, start_run
 from engine.versions import stack_versions
-from tests.conftest import tiny_overrides
+from tests.conftest import run_records, tiny_overrides, without_wall
 from tests.contract import ROUND_KEYS, SUMMARY_KEYS
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _without_wall(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if "wall" not in k} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def lora_run(ray_session, tmp_path_factory) -> Path:
 
 
 def test_run_directory_contract(lora_run: Path) -> None:
-    recs = _records(lora_run)
+    recs = run_records(lora_run)
     assert [r["round"] for r in recs] == [1, 2, 3]
     for r in recs:
         assert ROUND_KEYS <= set(r), ROUND_KEYS - set(r)
@@ -73,7 +65,7 @@ def test_lora_uploads_only_trainable_state(lora_run: Path) -> None:
 def test_same_metrics_with_one_or_two_workers(lora_run: Path, tmp_path: Path) -> None:
     cfg = load_config(QUICKSTART, tiny_overrides(**{"resources.num_workers": 1}))
     one = start_run(cfg, out=str(tmp_path / "one"))
-    assert _without_wall(_records(one)) == _without_wall(_records(lora_run))
+    assert without_wall(run_records(one)) == without_wall(run_records(lora_run))
 
 
 def test_resume_after_interruption_matches(lora_run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -89,10 +81,10 @@ def test_resume_after_interruption_matches(lora_run: Path, tmp_path: Path, monke
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         start_run(cfg, out=str(out))
-    assert [r["round"] for r in _records(out)] == [1]
+    assert [r["round"] for r in run_records(out)] == [1]
     monkeypatch.setattr(runner, "run_round", real_round)
     resume_run(out)
-    assert _without_wall(_records(out)) == _without_wall(_records(lora_run))
+    assert without_wall(run_records(out)) == without_wall(run_records(lora_run))
     a = json.loads((out / "summary.json").read_text())["metrics"]
     b = json.loads((lora_run / "summary.json").read_text())["metrics"]
     assert a == b

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from engine.backend import LocalBackend
 from engine.config import load_config
 from engine.device import CPU_FP32, Placement, resolve_precision
 from engine.runner import start_run
-from tests.conftest import tiny_overrides
+from tests.conftest import run_records, tiny_overrides, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -52,16 +51,11 @@ def test_autocast_computes_in_the_low_precision_and_the_scaler_scales_fp16_only(
     assert Placement(CPU, "fp32").scaler().scale(loss) is loss  # fp32 is untouched
 
 
-def _without_wall(record: dict) -> dict:
-    return {k: v for k, v in record.items() if "wall" not in k}
-
-
 def _run(tmp_path: Path, name: str, precision: str) -> list[dict]:
     cfg = load_config(
         ROOT / "configs" / "quickstart.yaml", tiny_overrides(**{"train.precision": precision})
     )
-    run = start_run(cfg, out=str(tmp_path / name), backend=LocalBackend())
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return run_records(start_run(cfg, out=str(tmp_path / name), backend=LocalBackend()))
 
 
 @pytest.mark.parametrize("low", ["bf16", "fp16"])
@@ -73,7 +67,7 @@ def test_a_low_precision_run_on_cpu_stays_within_tolerance_of_fp32(tmp_path: Pat
     fp16 also runs the loss scaler (scale, unscale before clipping, step, update).
     """
     runs = [_run(tmp_path, n, p) for n, p in (("a", "fp32"), ("b", low), ("c", low))]
-    for r32, r16, r16b in zip(*runs, strict=True):
+    for r32, r16 in zip(runs[0], runs[1], strict=True):
         # autocast really ran in low precision (eval losses are float32 sums over 64 rows and may
         # round to the same value; the training loss averages every step of every client)
         assert r16["train/loss"] != r32["train/loss"]
@@ -82,12 +76,12 @@ def test_a_low_precision_run_on_cpu_stays_within_tolerance_of_fp32(tmp_path: Pat
         # device-independent accounting: the same bytes (fp32 state) and FLOPs whatever the precision
         assert r16["comm/bytes_up"] == r32["comm/bytes_up"]
         assert r16["client/flops_mean"] == r32["client/flops_mean"]
-        assert _without_wall(r16b) == _without_wall(r16)  # and deterministic
+    assert without_wall(runs[2]) == without_wall(runs[1])  # and deterministic
 
 
 def test_auto_on_a_cpu_is_bit_for_bit_fp32(tmp_path: Path) -> None:
     auto, fp32 = _run(tmp_path, "auto", "auto"), _run(tmp_path, "fp32", "fp32")
-    assert [_without_wall(r) for r in auto] == [_without_wall(r) for r in fp32]
+    assert without_wall(auto) == without_wall(fp32)
 
 
 def test_cpu_fp32_moves_nothing() -> None:
