@@ -13,7 +13,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from actors.cluster import hide_unassigned_gpus
+from actors.cluster import fence_gpus
 from engine.ledger import deserialize_state, serialize_state
 from engine.split.server import BodyRuntime, Key, ServerLost, ServerSpec
 
@@ -45,7 +45,7 @@ class BodyServer:
         spec: ServerSpec,
         torch_threads: int = 1,
     ) -> None:
-        hide_unassigned_gpus()  # server.num_gpus: 0 means the CPU, whatever Ray leaves visible
+        fence_gpus()  # server.num_gpus: 0 means the CPU; a fraction caps its memory
         torch.set_num_threads(torch_threads)
         self._threads = torch_threads
         # Threaded actor: autograd state, the kept graphs and the gradient accumulators are

@@ -49,6 +49,21 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def fence_gpus() -> float | None:
+    """Keep this Ray process to what Ray gave it: no GPU at all when it asked for none, and at most
+    its share of a GPU's memory when it asked for a fraction (engine.device.memory_cap).
+
+    Call first thing in an actor, before anything touches CUDA. Returns the cap set, if any.
+    """
+    import ray
+
+    from engine.device import cap_gpu_memory
+
+    hide_unassigned_gpus()
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return cap_gpu_memory(share) if share else None
+
+
 def hide_unassigned_gpus() -> None:
     """Make the GPUs invisible to a Ray process that was assigned none.
 

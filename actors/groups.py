@@ -60,11 +60,20 @@ class WorkerGroup:
     devices: tuple[str, ...]
 
 
-def device_resources(cfg: RunConfig, profile: DeviceProfile) -> WorkerResources:
-    """A device's worker request: `resources.client_*` when set (every device alike), else the profile's."""
+def device_resources(
+    cfg: RunConfig, profile: DeviceProfile, gpu_share: float | None = None
+) -> WorkerResources:
+    """A device's worker request: `resources.client_*` when set (every device alike), else the profile's.
+
+    `gpu_share`: what `client_num_gpus: auto` measured (actors/gpu_share.py); auto without a
+    measurement (a CPU-only cluster, a sweep) is the profile's num_gpus, as null is.
+    """
     r = cfg.resources
     cpus = r.client_num_cpus if r.client_num_cpus is not None else profile.num_cpus
-    gpus = r.client_num_gpus if r.client_num_gpus is not None else profile.num_gpus
+    if r.client_num_gpus == "auto":
+        gpus = gpu_share if gpu_share is not None else profile.num_gpus
+    else:
+        gpus = r.client_num_gpus if r.client_num_gpus is not None else profile.num_gpus
     if r.client_memory_mb:
         mem: int | None = r.client_memory_mb * 2**20
     else:
@@ -78,16 +87,19 @@ def plan_groups(
     free_cpus: float | None,
     requested: int | str | None = None,
     free_gpus: float | None = None,
+    gpu_share: float | None = None,
 ) -> tuple[list[WorkerGroup], list[int]]:
     """(groups, each client's group index) for a population of device profiles.
 
     Every group gets one worker; `auto` then adds workers, one at a time, to the group with the
     most clients per worker (ties: the earlier group) while its request fits in `free_cpus` and
     `free_gpus` (None: no limit) and fewer workers than clients per round run. An integer
-    `requested` is split the same way.
+    `requested` is split the same way. `gpu_share`: see device_resources.
     """
     requested = cfg.resources.num_workers if requested is None else requested
-    request = {p.name: device_resources(cfg, p) for p in profiles}  # one per distinct device
+    request = {
+        p.name: device_resources(cfg, p, gpu_share) for p in profiles
+    }  # one per distinct device
     shapes = sorted(set(request.values()))
     index = {s: i for i, s in enumerate(shapes)}
     client_group = [index[request[p.name]] for p in profiles]

@@ -7,24 +7,38 @@ client's task runs on a worker of its device's group.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from actors.gpu_share import GpuShare, measure_share
 from actors.groups import WorkerGroup
 from engine.backend import OnResult
 from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
-from engine.errors import FedRayRuntimeError
+from engine.errors import ClientOutOfMemory, FedRayRuntimeError
+from engine.train import TrainSpec
 
 # One task in flight per worker: a queued second task commits a client to a worker early, and at
 # the end of a round one worker can idle while the other still has two clients to train (a
 # Ray round trip per task costs milliseconds; a client costs seconds).
 IN_FLIGHT_PER_WORKER = 1
+
+Plan = tuple[list[WorkerGroup], list[int] | None]
+
+
+@dataclass(frozen=True)
+class GpuPacking:
+    """`client_num_gpus: auto` on a cluster with GPUs: the pool is planned again at start, once a
+    probe measured one client step (`replan(share)` -> groups whose workers ask for `share`)."""
+
+    train_spec: TrainSpec
+    replan: Callable[[float], Plan]
 
 
 class RayBackend:
@@ -35,13 +49,11 @@ class RayBackend:
         timeout_s: float,
         owns_ray: bool = False,
         retries: int = 1,
+        packing: GpuPacking | None = None,
     ) -> None:
-        self.groups = list(groups)
-        # client id -> its group (None: one group serves everybody)
-        self.client_group = list(client_group) if client_group is not None else None
-        # worker slot -> its group; slots are numbered group by group
-        self.slot_group = [g for g, grp in enumerate(self.groups) for _ in range(grp.size)]
-        self.num_workers = len(self.slot_group)
+        self._set_plan(list(groups), client_group)
+        self.packing = packing
+        self.gpu_share: GpuShare | None = None  # what packing chose, once started
         self.owns_ray = owns_ray
         self.timeout_s = timeout_s
         self.retries = retries  # per client task whose worker died
@@ -50,10 +62,24 @@ class RayBackend:
         self.last_slots: dict[int, int] = {}  # client -> worker slot that ran it, last call
         self.replaced = 0  # dead workers replaced so far
 
+    def _set_plan(self, groups: list[WorkerGroup], client_group: Sequence[int] | None) -> None:
+        self.groups = groups
+        # client id -> its group (None: one group serves everybody)
+        self.client_group = list(client_group) if client_group is not None else None
+        # worker slot -> its group; slots are numbered group by group
+        self.slot_group = [g for g, grp in enumerate(self.groups) for _ in range(grp.size)]
+        self.num_workers = len(self.slot_group)
+
     def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
         from actors.worker import ClientWorker
 
         train_ref, test_ref = ray.put(train), ray.put(test)  # shared, zero-copy in workers
+        if self.packing is not None:
+            self.gpu_share = measure_share(
+                spec, self.packing.train_spec, train_ref, test_ref, self.timeout_s
+            )
+            self._set_plan(*self.packing.replan(self.gpu_share.num_gpus))
+            print(self.gpu_share.describe(), file=sys.stderr)
         options = [grp.resources.ray_options() for grp in self.groups]
         self._new_worker = lambda w: ClientWorker.options(**options[self.slot_group[w]]).remote(
             spec, train_ref, test_ref, link
@@ -74,8 +100,10 @@ class RayBackend:
                 "(too few cluster resources for the requested workers?)"
             ) from None
 
-    def info(self) -> dict[str, int]:
-        return dict(self._info)
+    def info(self) -> dict:
+        """The model's parameter counts (a worker's) and, when GPUs were packed, how."""
+        extra = {"gpu_packing": self.gpu_share.record()} if self.gpu_share is not None else {}
+        return {**self._info, **extra}
 
     def initial_state(self) -> bytes:
         return self._get(self.workers[0].initial_state.remote(), "reading the initial state")
@@ -137,7 +165,9 @@ class RayBackend:
                 else:
                     out[task.client_id] = exc
             except RayTaskError as exc:  # the client's code raised: a failed client
-                out[task.client_id] = exc
+                # out of GPU memory: the one-line reason, not the worker's traceback
+                oom = isinstance(exc.cause, ClientOutOfMemory)
+                out[task.client_id] = exc.cause if oom else exc
             submit()
         return out
 

@@ -7,7 +7,7 @@ import time
 
 import ray
 
-from actors.cluster import hide_unassigned_gpus
+from actors.cluster import fence_gpus
 from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
 
@@ -20,7 +20,7 @@ class ClientWorker:
         self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None
     ) -> None:
         # link: the SFPrompt client's connection to the body server (None for FedAvg)
-        hide_unassigned_gpus()  # a worker trains on a GPU only if Ray gave it one
+        fence_gpus()  # a GPU only if Ray gave it one, and at most its share of the memory
         self.runtime = make_runtime(spec, train, test, link)
 
     def ready(self) -> dict[str, int]:

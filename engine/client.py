@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,8 @@ import torch
 
 from engine.cost import StepCostMeter, memory_estimate
 from engine.data.batching import Encoded
-from engine.device import Placement
+from engine.device import Placement, device_peak_bytes
+from engine.errors import ClientOutOfMemory
 from engine.ledger import deserialize_state, serialize_state
 from engine.methods import (
     apply_method,
@@ -74,12 +75,25 @@ class ClientResult:
     blob: bytes  # the serialized trainable state the client uploads
     bytes_down: int  # size of the global state it received
     train: TrainResult
-    peak_memory_bytes: int
+    peak_memory_bytes: (
+        int  # the analytic estimate (engine.cost.memory_estimate), device-independent
+    )
     cpu_s: float  # thread CPU time of the task (not polluted by other processes)
     wall_s: float
     # Split traffic besides the trainable state, "<up|down>/<kind>" -> bytes (SFPrompt).
     traffic: dict[str, int] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)  # algorithm-specific per-client figures
+    # The worker's measured peak GPU memory so far (torch's allocator; None on the CPU).
+    device_peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class MemoryProbe:
+    """One client step on the largest batch a client can draw, as a worker measured it."""
+
+    estimate_bytes: int  # engine.cost.memory_estimate from the step's saved activations
+    device_peak_bytes: int | None  # torch's peak allocation on the worker's GPU (None on a CPU)
+    device_total_bytes: int | None  # that GPU's memory
 
 
 class GlobalCache:
@@ -132,16 +146,19 @@ class ClientRuntime:
         t_wall, t_cpu = time.perf_counter(), time.thread_time()
         # Round r (1-based) trains from global version r - 1 (the state after r - 1 rounds).
         self._load_global(task.round - 1, global_blob)
-        result = local_train(
-            self.model,
-            self.train_data,
-            task.rows,
-            task.spec,
-            task.seed,
-            self.meter,
-            flops_budget=task.flops_budget,
-            placement=self.placement,
-        )
+        try:
+            result = local_train(
+                self.model,
+                self.train_data,
+                task.rows,
+                task.spec,
+                task.seed,
+                self.meter,
+                flops_budget=task.flops_budget,
+                placement=self.placement,
+            )
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory(task) from exc
         blob = serialize_state(trainable_state(self.model))
         peak = memory_estimate(self.total, self.trainable, activation_bytes=result.activation_bytes)
         return ClientResult(
@@ -153,7 +170,47 @@ class ClientRuntime:
             peak_memory_bytes=peak,
             cpu_s=time.thread_time() - t_cpu,
             wall_s=time.perf_counter() - t_wall,
+            device_peak_bytes=device_peak_bytes(self.placement.device),
         )
+
+    def _out_of_memory(self, task: ClientTask) -> ClientOutOfMemory:
+        """Free what the failed step held (the next task starts clean) and say what happened."""
+        self.model.zero_grad(set_to_none=True)
+        self._global.reset()  # the failed step may have left the weights half-updated
+        device = self.placement.device
+        where = "its worker's memory"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            total = torch.cuda.get_device_properties(device).total_memory
+            where = (
+                f"its worker's GPU memory (peak {device_peak_bytes(device) / 2**20:.0f} MiB "
+                f"of the GPU's {total / 2**20:.0f} MiB)"
+            )
+        return ClientOutOfMemory(
+            f"client {task.client_id} (round {task.round}) ran out of {where}: lower "
+            "train.batch_size or model.max_length, or give each worker more of a GPU "
+            "(resources.client_num_gpus)"
+        )
+
+    def probe_memory(self, spec: TrainSpec) -> MemoryProbe:
+        """Train one step on the `spec.batch_size` longest training rows (the largest padded batch
+        any client can draw) and report its memory; leaves the model trained: use a spare runtime."""
+        device = self.placement.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        lengths = self.train_data.lengths
+        rows = np.argsort(-lengths, kind="stable")[: spec.batch_size]
+        one_step = replace(spec, steps=1, epochs=1)
+        result = local_train(
+            self.model, self.train_data, rows, one_step, 0, self.meter, placement=self.placement
+        )
+        estimate = memory_estimate(
+            self.total, self.trainable, activation_bytes=result.activation_bytes
+        )
+        total = (
+            torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        )
+        return MemoryProbe(estimate, device_peak_bytes(device), total)
 
     def evaluate(self, version: int, global_blob: bytes, batches: list[np.ndarray]) -> list[dict]:
         self._load_global(version, global_blob)

@@ -119,7 +119,9 @@ class ResourcesConfig(_Section):
     # per distinct request, actors/groups.py); a value gives every device that request.
     client_num_cpus: float | None = Field(None, gt=0)
     client_memory_mb: int | None = Field(None, ge=1)
-    client_num_gpus: float | None = Field(None, ge=0)
+    # auto: on a cluster with GPUs, as many workers per GPU as one client step's measured memory
+    # allows (actors/gpu_share.py); on a CPU-only cluster (and in sweeps) the profile's num_gpus.
+    client_num_gpus: Annotated[float, Field(ge=0)] | Literal["auto"] | None = "auto"
     device_profile: str = "laptop"
     task_timeout_s: float = Field(900.0, gt=0)
     torch_threads: int = Field(1, ge=1)

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Of each GPU's memory, the part no worker's cap hands out (allocator fragmentation, stray buffers).
+HEADROOM = 0.10
+# What a process holds on a GPU outside torch's caching allocator (CUDA context, kernel images):
+# not covered by the allocator cap, so taken off every worker's share first.
+CONTEXT_BYTES = 512 * 2**20
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -36,6 +41,35 @@ def resolve_precision(
     if bf16_supported is None:
         bf16_supported = torch.cuda.is_bf16_supported()
     return "bf16" if bf16_supported else "fp32"
+
+
+def memory_cap(share: float, gpu_bytes: int) -> float | None:
+    """The fraction of a GPU's memory a worker given `share` of it may allocate (None: no cap).
+
+    A whole GPU (or none) is not capped; a fraction f gets f x (1 - HEADROOM) of the memory less
+    one CUDA context, so the workers sharing a GPU together stay below it and one that outgrows its
+    share fails alone (torch.cuda.OutOfMemoryError in its own task) instead of its neighbours.
+    """
+    if not 0 < share < 1:
+        return None
+    return max(share * (1 - HEADROOM) - CONTEXT_BYTES / gpu_bytes, 0.0)
+
+
+def cap_gpu_memory(share: float) -> float | None:
+    """Apply memory_cap to this process's GPU (a no-op without CUDA); returns the fraction set."""
+    if not torch.cuda.is_available():
+        return None
+    cap = memory_cap(share, torch.cuda.get_device_properties(0).total_memory)
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(cap, 0)
+    return cap
+
+
+def device_peak_bytes(device: torch.device) -> int | None:
+    """The most memory torch allocated on `device` since the last reset (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.max_memory_allocated(device))
 
 
 @dataclass(frozen=True)

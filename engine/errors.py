@@ -17,3 +17,7 @@ class ConfigError(Exception):
 
 class FedRayRuntimeError(RuntimeError):
     """A failure during a run (exit status 1); the run directory stays resumable."""
+
+
+class ClientOutOfMemory(RuntimeError):
+    """A client's task ran out of its worker's GPU memory: that client fails, its worker lives on."""

@@ -57,43 +57,62 @@ def server_gpus(cfg: RunConfig) -> float:
     return cfg.server.num_gpus if cfg.algorithm == "sfprompt" else 0.0
 
 
-def make_backend(cfg: RunConfig, address: str | None = None, profiles=None):
+def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, train_spec=None):
     """Start (or join) Ray and size the client worker groups from config and cluster resources.
 
     `profiles`: each client's device (prepare's); a worker group per distinct resource request.
+    `train_spec`: what a GPU probe trains one step of when `client_num_gpus: auto` packs GPUs.
     """
     import ray
 
     from actors.cluster import cluster_cpus, cluster_gpus, init_ray
     from actors.groups import check_placeable, describe_groups, plan_groups
-    from actors.pool import RayBackend
+    from actors.pool import GpuPacking, RayBackend
 
     if profiles is None:
         profiles = [load_device_profile(cfg.resources.device_profile)]
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
-    try:
+
+    def plan(gpu_share: float | None = None):
         # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs and GPUs first.
         groups, client_group = plan_groups(
             cfg,
             profiles,
             cluster_cpus() - server_cpus(cfg),
             free_gpus=cluster_gpus() - server_gpus(cfg),
+            gpu_share=gpu_share,
         )
         if started:
             check_placeable(cfg, groups, ray.cluster_resources(), server_gpus(cfg))
+        if len(groups) > 1:
+            print("client workers: " + describe_groups(groups), file=sys.stderr)
+        return groups, client_group if len(groups) > 1 else None
+
+    try:
+        groups, client_group = plan()
     except ConfigError:
         if started:
             ray.shutdown()
         raise
-    if len(groups) > 1:
-        print("client workers: " + describe_groups(groups), file=sys.stderr)
+    packing = None
+    if packs_gpus(cfg, cluster_gpus() - server_gpus(cfg)) and train_spec is not None:
+        packing = GpuPacking(train_spec, plan)
     # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
     return RayBackend(
         groups,
-        client_group if len(groups) > 1 else None,
+        client_group,
         cfg.resources.task_timeout_s,
         owns_ray=started,
         retries=cfg.faults.client_retries,
+        packing=packing,
+    )
+
+
+def packs_gpus(cfg: RunConfig, free_gpus: float) -> bool:
+    """Whether `client_num_gpus: auto` measures and packs GPUs: a whole GPU is free for the probe
+    and the clients train whole models (SFPrompt's split client stays on the CPU for now)."""
+    return (
+        cfg.resources.client_num_gpus == "auto" and free_gpus >= 1 and cfg.algorithm != "sfprompt"
     )
 
 
@@ -124,7 +143,9 @@ def start_run(
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
     if backend is None and cfg.algorithm != "centralized":
-        backend = make_backend(cfg, address, prep.profiles)  # so is a cluster that cannot fit
+        backend = make_backend(
+            cfg, address, prep.profiles, prep.train_spec
+        )  # and a too-small cluster
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
@@ -198,7 +219,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         return run_centralized(cfg, prep, run_dir, address, resume, in_process=backend is not None)
     t_start = time.perf_counter()
     spec = worker_spec(cfg, prep)
-    backend = backend or make_backend(cfg, address, prep.profiles)
+    backend = backend or make_backend(cfg, address, prep.profiles, prep.train_spec)
     server = None
     try:
         link = None

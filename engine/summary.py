@@ -50,6 +50,9 @@ def method_label(cfg) -> str:
     return "+".join(parts)
 
 
+DEVICE_PEAK = "memory/device_peak_bytes/"
+
+
 def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_s: float) -> dict:
     per_client = [c for r in ledger.rounds() for c in ledger.round_totals(r)["per_client"].values()]
     up = ledger.total_bytes("up")
@@ -74,6 +77,12 @@ def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_
         "client_peak_memory_bytes": int(
             max((c["peak_memory_bytes"] for c in per_client), default=0)
         ),
+        # The largest GPU allocation a client worker of each device measured (absent on CPUs).
+        "device_peak_bytes": {
+            k.rsplit("/", 1)[1]: max(int(r[k]) for r in history if k in r)
+            for k in sorted({k for r in history for k in r if k.startswith(DEVICE_PEAK)})
+        },
+        "gpu_packing": info.get("gpu_packing"),  # what client_num_gpus: auto chose, if it packed
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
         "wall_s": history[-1]["time/wall_s"] if history else 0.0,
@@ -105,6 +114,10 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
         ("MB communicated (total)", f"{summary['comm_bytes_total'] / 1e6:.2f}"),
         ("client GFLOPs per round", f"{summary['client_flops_per_round'] / 1e9:.2f}"),
         ("client peak memory (MB)", f"{summary['client_peak_memory_bytes'] / 2**20:.1f}"),
+        *(
+            (f"GPU peak per {device} worker (MB)", f"{peak / 2**20:.1f}")
+            for device, peak in summary.get("device_peak_bytes", {}).items()
+        ),
         ("virtual time (s)", f"{summary['virtual_s']:.1f}"),
         ("wall time (s)", f"{summary['wall_s']:.1f}"),
     ]

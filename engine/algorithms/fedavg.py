@@ -16,6 +16,7 @@ from engine.client import ClientResult, ClientTask
 from engine.clock import DeviceProfile, client_time_s, round_time_s
 from engine.ledger import Ledger, deserialize_state, serialize_state
 from engine.prepare import Prepared, eval_shards, unshard
+from engine.summary import DEVICE_PEAK
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 
 SAMPLING_STREAM = 1  # seed stream ids keep sampling and training randomness independent
@@ -229,8 +230,10 @@ def run_round(
     if server is not None:
         record["server/restarts"] = restarts
     record.update(server_record)
-    for dev, wall in slowest_wall_by_device(ok, inp).items():
+    for dev, wall in max_by_device(ok, inp, lambda r: r.wall_s).items():
         record[f"time/round_wall_s/{dev}"] = wall  # how long each device's workers took (real s)
+    for dev, peak in max_by_device(ok, inp, lambda r: r.device_peak_bytes).items():
+        record[DEVICE_PEAK + dev] = peak  # measured on GPU workers only
     for name in sorted({k for r in ok for k in r.extra}):
         record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
     for name in sorted({k for r in ok for k in r.traffic}):
@@ -238,13 +241,18 @@ def run_round(
     return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
 
 
-def slowest_wall_by_device(results: list, inp: RoundInputs) -> dict[str, float]:
-    """{device profile: the longest wall time of its clients' tasks this round}, by device name."""
-    slowest: dict[str, float] = {}
+def max_by_device(
+    results: list, inp: RoundInputs, value: Callable[[ClientResult], float | None]
+) -> dict[str, float]:
+    """{device profile: the largest `value` among its clients' results this round}, by device name;
+    results whose value is None (e.g. no GPU peak on a CPU worker) are left out."""
+    most: dict[str, float] = {}
     for r in results:
-        dev = inp.device(r.client_id).name
-        slowest[dev] = max(slowest.get(dev, 0.0), r.wall_s)
-    return dict(sorted(slowest.items()))
+        v = value(r)
+        if v is not None:
+            dev = inp.device(r.client_id).name
+            most[dev] = max(most.get(dev, v), v)
+    return dict(sorted(most.items()))
 
 
 def injected_fault(inp: RoundInputs, round: int, client: int) -> str | None:

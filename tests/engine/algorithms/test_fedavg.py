@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.aggregate import fedavg
-from engine.algorithms.fedavg import RoundInputs, run_round, sample_clients, slowest_wall_by_device
+from engine.algorithms.fedavg import RoundInputs, max_by_device, run_round, sample_clients
 from engine.backend import LocalBackend
 from engine.client import ClientRuntime
 from engine.config import validate_config
@@ -93,13 +93,16 @@ def test_round_aggregates_exactly_the_client_updates(setup, weighted: bool) -> N
     assert rec["time/round_virtual_s"] == max(c["virtual_total_s"] for c in out.clients)
 
 
-def test_the_slowest_wall_time_is_kept_per_device() -> None:
+def test_the_slowest_wall_time_and_the_largest_gpu_peak_are_kept_per_device() -> None:
     from types import SimpleNamespace
 
     devices = {0: "phone-low", 1: "laptop", 2: "phone-low", 3: "laptop"}
     inp = SimpleNamespace(device=lambda c: SimpleNamespace(name=devices[c]))
     results = [
-        SimpleNamespace(client_id=c, wall_s=w) for c, w in ((0, 2.0), (1, 0.5), (2, 3.5), (3, 0.25))
+        SimpleNamespace(client_id=c, wall_s=w, device_peak_bytes=p)
+        for c, w, p in ((0, 2.0, None), (1, 0.5, 300), (2, 3.5, None), (3, 0.25, 700))
     ]
-    assert slowest_wall_by_device(results, inp) == {"laptop": 0.5, "phone-low": 3.5}
-    assert slowest_wall_by_device([], inp) == {}
+    assert max_by_device(results, inp, lambda r: r.wall_s) == {"laptop": 0.5, "phone-low": 3.5}
+    assert max_by_device([], inp, lambda r: r.wall_s) == {}
+    # CPU workers measure no GPU peak: their device has no entry
+    assert max_by_device(results, inp, lambda r: r.device_peak_bytes) == {"laptop": 700}
