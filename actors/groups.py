@@ -151,6 +151,7 @@ def check_placeable(
     groups: Sequence[WorkerGroup],
     totals: dict[str, float],
     server_gpus: float = 0.0,
+    server_key: str = "server.num_gpus",
 ) -> None:
     """A ConfigError if one worker of a group asks for more than the whole (local) cluster has, or
     all workers together (with the server's `server_gpus`) ask for more GPUs than it has: Ray would
@@ -177,11 +178,11 @@ def check_placeable(
                     f"Ray has {unit(have)}; lower {key} (or the profile's {profile_field}) or "
                     "run on a cluster that has it (ray.address)",
                 )
-    _check_gpu_total(cfg, groups, totals.get("GPU", 0.0), server_gpus)
+    _check_gpu_total(cfg, groups, totals.get("GPU", 0.0), server_gpus, server_key)
 
 
 def _check_gpu_total(
-    cfg: RunConfig, groups: Sequence[WorkerGroup], have: float, server_gpus: float
+    cfg: RunConfig, groups: Sequence[WorkerGroup], have: float, server_gpus: float, server_key: str
 ) -> None:
     """Workers x GPU fraction (+ the server's GPUs) must fit the cluster's GPUs."""
     workers = sum(g.size * g.resources.num_gpus for g in groups)
@@ -190,7 +191,7 @@ def _check_gpu_total(
     listing = ", ".join(
         f"{g.size} x {g.resources.num_gpus:g}" for g in groups if g.resources.num_gpus
     )
-    server = f" + {server_gpus:g} for the server (server.num_gpus)" if server_gpus else ""
+    server = f" + {server_gpus:g} for the server ({server_key})" if server_gpus else ""
     explicit = isinstance(cfg.resources.num_workers, int)
     key = "resources.num_workers" if explicit else "resources.client_num_gpus"
     fix = "lower resources.num_workers (or use auto)" if explicit else f"lower {key}"

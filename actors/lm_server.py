@@ -10,7 +10,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from actors.cluster import hide_unassigned_gpus
+from actors.cluster import fence_gpus
 from engine.errors import FedRayRuntimeError
 from engine.ledger import deserialize_state, serialize_state
 from engine.lm.blackbox import BlackBoxLM
@@ -23,12 +23,12 @@ class LargeLMServer:
     """Loads the large LM once behind BlackBoxLM; threaded so concurrent callers get batched."""
 
     def __init__(
-        self, factory: Callable[[], torch.nn.Module], logits_dtype: str, torch_threads: int
+        self, factory: Callable[[], torch.nn.Module], blackbox: dict, torch_threads: int
     ) -> None:
-        hide_unassigned_gpus()  # it requests no GPU yet: keep it off every GPU of the node
+        fence_gpus()  # fedpt.server_num_gpus: 0 keeps it off every GPU; a fraction caps it
         torch.set_num_threads(torch_threads)
         self.threads = torch_threads
-        self.lm = BlackBoxLM(factory(), logits_dtype)
+        self.lm = BlackBoxLM(factory(), **blackbox)  # BlackBoxLM's keyword arguments
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "vocab_size": self.lm.vocab_size, "params": self.lm.num_params}

@@ -209,7 +209,8 @@ class ServerConfig(_Section):
     zero_stage: int = Field(0, ge=0, le=3)
     train_body: bool = False  # SplitFed baseline: the server trains the body
     lr: float = Field(1e-4, gt=0)  # body learning rate when train_body
-    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 needs a GPU
+    # auto: bf16 where the server's own device supports it (a GPU), else fp32; bf16 needs num_gpus
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1)
@@ -257,6 +258,12 @@ class FedPTConfig(_Section):
     distill_batch_size: int = Field(8, ge=1)
     logits_dtype: Literal["fp32", "fp16"] = "fp32"  # the black box's answers on the wire
     server_num_cpus: float = Field(1.0, ge=0)
+    server_num_gpus: float = Field(0.0, ge=0)  # the black box's Ray GPUs (0: it runs on CPUs)
+    # The black box's compute dtype, decided inside its actor (auto: bf16 on a GPU that has it).
+    server_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    kernel_inject: bool = (
+        False  # DeepSpeed's fused inference kernels (GPU only; JIT-built with nvcc)
+    )
     generate: int = Field(3, ge=0)  # greedy samples written to the run directory at the end
     generate_tokens: int = Field(40, ge=1)
 

@@ -53,8 +53,10 @@ def server_cpus(cfg: RunConfig) -> float:
 
 
 def server_gpus(cfg: RunConfig) -> float:
-    """The Ray GPUs of the run's server actor (SFPrompt's body server; FedPT's asks for none yet)."""
-    return cfg.server.num_gpus if cfg.algorithm == "sfprompt" else 0.0
+    """The Ray GPUs of the run's server actor: SFPrompt's body server, FedPT's black box, or none."""
+    return {"sfprompt": cfg.server.num_gpus, "fedpt": cfg.fedpt.server_num_gpus}.get(
+        cfg.algorithm, 0.0
+    )
 
 
 def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, train_spec=None):
@@ -83,7 +85,8 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, trai
             gpu_share=gpu_share,
         )
         if started:
-            check_placeable(cfg, groups, ray.cluster_resources(), server_gpus(cfg))
+            key = "fedpt.server_num_gpus" if cfg.algorithm == "fedpt" else "server.num_gpus"
+            check_placeable(cfg, groups, ray.cluster_resources(), server_gpus(cfg), key)
         if len(groups) > 1:
             print("client workers: " + describe_groups(groups), file=sys.stderr)
         return groups, client_group if len(groups) > 1 else None

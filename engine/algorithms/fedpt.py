@@ -49,6 +49,16 @@ def check_fedpt(cfg: RunConfig) -> None:
         )
     if cfg.fedpt.small_model is not None:
         check_same_tokenizer(cfg.model.name, cfg.fedpt.small_model)
+    on_cpu = "the black box runs on CPUs (fedpt.server_num_gpus: 0)"
+    if cfg.fedpt.server_dtype == "bf16" and not cfg.fedpt.server_num_gpus:
+        raise ConfigError(
+            "fedpt.server_dtype", f"bf16 needs a GPU but {on_cpu}; set it, or use auto or fp32"
+        )
+    if cfg.fedpt.kernel_inject and not cfg.fedpt.server_num_gpus:
+        raise ConfigError(
+            "fedpt.kernel_inject",
+            f"DeepSpeed's kernels need a GPU but {on_cpu}; set it or turn it off",
+        )
 
 
 def _shape(name: str) -> tuple[int, int | None]:
@@ -358,16 +368,22 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
 
     small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id)
     factory = partial(_load_lm, cfg.model.name, cfg.seed, prep.pad_id)
+    f = cfg.fedpt
+    blackbox = {
+        "logits_dtype": f.logits_dtype,
+        "dtype": f.server_dtype,
+        "kernel_inject": f.kernel_inject,
+    }
     if isinstance(backend, LocalBackend):
         from engine.lm.blackbox import BlackBoxLM, LocalLMLink
 
-        link: Any = LocalLMLink(BlackBoxLM(factory(), cfg.fedpt.logits_dtype))
+        link: Any = LocalLMLink(BlackBoxLM(factory(), **blackbox))
     else:
         from actors.lm_server import LargeLMLink, LargeLMServer
 
-        handle = LargeLMServer.options(num_cpus=cfg.fedpt.server_num_cpus).remote(
-            factory, cfg.fedpt.logits_dtype, cfg.resources.torch_threads
-        )
+        handle = LargeLMServer.options(
+            num_cpus=cfg.fedpt.server_num_cpus, num_gpus=cfg.fedpt.server_num_gpus
+        ).remote(factory, blackbox, cfg.resources.torch_threads)
         link = LargeLMLink(handle, cfg.resources.task_timeout_s)
     server = FedPTServer(cfg, small, link, prep.public, prep.public_rows, prep.test, prep.pad_id)
     return replace(spec, model_name=small), server

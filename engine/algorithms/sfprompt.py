@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 from engine.client import WorkerSpec, load_base
 from engine.config import RunConfig
 from engine.errors import ConfigError
@@ -66,8 +64,12 @@ def check_sfprompt(cfg: RunConfig) -> None:
             "train.precision",
             f"{cfg.train.precision} is not available to sfprompt's split client yet; use auto or fp32",
         )
-    if cfg.server.dtype == "bf16" and not torch.cuda.is_available():
-        raise ConfigError("server.dtype", "bf16 needs a GPU here; use fp32")
+    if cfg.server.dtype == "bf16" and not cfg.server.num_gpus:
+        raise ConfigError(
+            "server.dtype",
+            "bf16 needs the body server on a GPU: set server.num_gpus (e.g. 1), or use auto "
+            "(bf16 wherever the server's GPU supports it) or fp32",
+        )
     mtype, depth, budget = _model_shape(cfg.model.name)
     spec = SplitSpec(s.head_layers, s.tail_layers, s.prompt_length)
     check_split_shape(mtype, depth, budget, spec, cfg.model.max_length)

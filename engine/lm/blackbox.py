@@ -8,6 +8,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from engine.device import resolve_precision
 from engine.ledger import deserialize_state, serialize_state
 
 LOGIT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -21,16 +22,27 @@ class BlackBoxLM:
     so many callers cost few forwards.
     """
 
-    def __init__(self, model: torch.nn.Module, logits_dtype: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        logits_dtype: str = "fp32",
+        dtype: str = "fp32",
+        kernel_inject: bool = False,
+    ) -> None:
+        """`dtype`: auto | fp32 | bf16, resolved on the device this process sees (auto: bf16 on a GPU
+        that has it); `kernel_inject`: DeepSpeed's fused kernels (CUDA only, JIT-built with nvcc)."""
         from engine.split.server import _import_deepspeed
 
         deepspeed, accel = _import_deepspeed()
-        on_cpu = accel.device_name() == "cpu"
         self.device = torch.device(accel.device_name())
+        self.precision = resolve_precision(dtype, self.device)
+        if self.device.type == "cpu" and (self.precision != "fp32" or kernel_inject):
+            raise ValueError("the black box runs on a CPU: dtype bf16 and kernel_inject need a GPU")
         model.eval().requires_grad_(False)
-        # Kernel injection only where DeepSpeed implements it ("not implemented on CPU backend").
         self.engine = deepspeed.init_inference(
-            model, dtype=torch.float32, replace_with_kernel_inject=not on_cpu
+            model,
+            dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
+            replace_with_kernel_inject=kernel_inject,
         )
         self.module = self.engine.module
         self.vocab_size = int(model.config.vocab_size)

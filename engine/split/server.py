@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.device import resolve_precision
 from engine.ledger import deserialize_state, serialize_state
 
 Key = tuple[int, int, int]  # (round, client_id, step)
@@ -29,7 +30,8 @@ class ServerSpec:
     zero_stage: int = 0  # 0..3, passed to the DeepSpeed config
     train_body: bool = False  # SplitFed baseline: the body is trained on the server
     lr: float = 1e-4  # body learning rate when train_body
-    dtype: str = "fp32"  # "fp32" or "bf16" (bf16 compute only on CUDA)
+    # "auto" (bf16 on a GPU that has it, else fp32; decided where the body runs), "fp32" or "bf16"
+    dtype: str = "fp32"
     seed: int = 0
 
 
@@ -40,8 +42,8 @@ class ServerLost(Exception):
 def _check_spec(spec: ServerSpec) -> None:
     if spec.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {spec.zero_stage!r}")
-    if spec.dtype not in _COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {spec.dtype!r}")
+    if spec.dtype not in (*_COMPUTE_DTYPES, "auto"):
+        raise ValueError(f"dtype must be 'auto', 'fp32' or 'bf16', got {spec.dtype!r}")
     if spec.dtype == "bf16" and not torch.cuda.is_available():
         raise ValueError("dtype 'bf16' needs CUDA: bf16 compute on CPU is refused (use 'fp32')")
     if spec.train_body and not spec.lr > 0:
@@ -78,14 +80,14 @@ def _import_deepspeed() -> tuple[Any, Any]:
     return deepspeed, accel
 
 
-def _ds_config(spec: ServerSpec, stage: int) -> dict[str, Any]:
+def _ds_config(spec: ServerSpec, stage: int, precision: str) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": 1,  # required key; batching is the clients' business
         "gradient_accumulation_steps": 1,
         # DeepSpeed's default is 1.0: it would silently clip the round's aggregated gradient.
         "gradient_clipping": 0.0,
         "zero_optimization": {"stage": stage},
-        "bf16": {"enabled": spec.dtype == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
         "zero_allow_untested_optimizer": True,  # a torch AdamW: no fused/CPU Adam JIT build
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
@@ -110,7 +112,8 @@ class BodyRuntime:
         self._ds = deepspeed
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(accel.device_name(local_rank))
-        self.dtype = _COMPUTE_DTYPES[spec.dtype]
+        self.precision = resolve_precision(spec.dtype, self.device)  # auto: this device's choice
+        self.dtype = _COMPUTE_DTYPES[self.precision]
         torch.manual_seed(spec.seed)
         body.eval()
         body.requires_grad_(spec.train_body)
@@ -122,7 +125,7 @@ class BodyRuntime:
         if spec.train_body:
             opt = torch.optim.AdamW(body.parameters(), lr=spec.lr)
             engine, *_ = deepspeed.initialize(
-                model=body, optimizer=opt, config=_ds_config(spec, stage)
+                model=body, optimizer=opt, config=_ds_config(spec, stage, self.precision)
             )
         else:
             # What deepspeed 0.19.8 accepts with no trainable params and no optimizer: stage 0
@@ -131,7 +134,9 @@ class BodyRuntime:
             # only shard optimizer state and gradients, which a frozen body does not have, so
             # they run as stage 0. (init_inference is not needed.)
             stage = 0 if stage in (1, 2) else stage
-            engine, *_ = deepspeed.initialize(model=body, config=_ds_config(spec, stage))
+            engine, *_ = deepspeed.initialize(
+                model=body, config=_ds_config(spec, stage, self.precision)
+            )
         torch.nn.functional.linear = linear
         self.engine = engine
         self.stage = stage

@@ -111,6 +111,10 @@ BAD = [
     (["fedpt.distill_temperature=-1"], "fedpt.distill_temperature"),
     (["fedpt.public_split=validation"], "fedpt.public_split"),
     (["model.task=classification"], "model.task"),
+    # the black box asks Ray for no GPU: bf16 and DeepSpeed's kernels would have none
+    (["fedpt.server_dtype=bf16"], "fedpt.server_dtype: bf16 needs a GPU"),
+    (["fedpt.kernel_inject=true"], "fedpt.kernel_inject"),
+    (["fedpt.server_num_gpus=-1"], "fedpt.server_num_gpus"),
 ]
 
 

@@ -24,6 +24,7 @@ BAD = [
     (["split.compress=int4"], "split.compress"),
     (["model.name=tiny-llama-random"], "model.name"),
     (["train.precision=bf16"], "train.precision"),  # the split client trains in fp32 for now
+    (["server.dtype=bf16"], "server.dtype: bf16 needs the body server on a GPU"),  # num_gpus 0
     (["data.name=fashion_mnist"], "model.name"),  # a text model on images
     (
         ["split.prompt_length=0", "split.train_tail=false"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -69,3 +70,13 @@ def test_wire_form_round_trips_and_fp16_halves_the_bytes():
     assert a.dtype == np.float32 and b.dtype == np.float16 and a.shape == (2, 5, 256)
     np.testing.assert_allclose(b.astype(np.float32), a, atol=1e-2)
     assert len(half) < 0.6 * len(full)
+
+
+def test_the_dtype_is_decided_on_the_black_boxs_own_device():
+    assert BlackBoxLM(_llama(), dtype="auto").precision == (
+        "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    )
+    if not torch.cuda.is_available():  # a CPU black box: no bf16, no DeepSpeed kernels
+        for kwargs in ({"dtype": "bf16"}, {"kernel_inject": True}):
+            with pytest.raises(ValueError, match="need a GPU"):
+                BlackBoxLM(_llama(), **kwargs)

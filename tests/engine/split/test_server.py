@@ -223,6 +223,7 @@ def test_unknown_key_no_graph_and_bad_specs() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="bf16"):
             BodyRuntime(make_body(), ServerSpec(dtype="bf16"))
+        assert BodyRuntime(make_body(), ServerSpec(dtype="auto")).dtype == torch.float32
     with pytest.raises(ValueError, match="zero_stage"):
         BodyRuntime(make_body(), ServerSpec(zero_stage=4))
 
