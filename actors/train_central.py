@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.cluster import hide_unassigned_gpus
+from actors.cluster import fence_gpus
 from engine.algorithms.centralized import CentralJob, train_rounds
 from engine.errors import FedRayRuntimeError
 
@@ -13,7 +13,7 @@ def central_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: run the job's rounds, reporting each round's record."""
     import ray.train
 
-    hide_unassigned_gpus()  # the trainer asks for no GPU (use_gpu=False): train on the CPU
+    fence_gpus()  # a GPU only when the trainer asked for one (use_gpu); a fraction caps it
     job: CentralJob = config["job"]
     train_rounds(job, lambda record: ray.train.report(_numeric(record)))
 
@@ -22,11 +22,14 @@ def _numeric(record: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in record.items() if isinstance(v, int | float)}
 
 
-def fit_central(job: CentralJob, storage_path: str, name: str, num_cpus: float = 1.0) -> None:
+def fit_central(
+    job: CentralJob, storage_path: str, name: str, num_cpus: float = 1.0, num_gpus: float = 0.0
+) -> None:
     """Run `job` under `TorchTrainer`; worker errors become FedRayRuntimeError.
 
-    One CPU worker (gloo process group): the rounds train one model sequentially, so more workers
-    would need data-parallel sharding of every batch (DDP), which this baseline does not do.
+    One worker (a one-rank gloo process group; with `num_gpus` it trains on its GPU): the rounds
+    train one model sequentially, so more workers would need data-parallel sharding of every batch
+    (DDP), which this baseline does not do.
     """
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -36,7 +39,9 @@ def fit_central(job: CentralJob, storage_path: str, name: str, num_cpus: float =
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(
-            num_workers=1, use_gpu=False, resources_per_worker={"CPU": num_cpus}
+            num_workers=1,
+            use_gpu=num_gpus > 0,
+            resources_per_worker={"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})},
         ),
         # No retries: a failed round leaves the run directory resumable with `fedray resume`.
         run_config=RunConfig(

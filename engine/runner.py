@@ -145,10 +145,13 @@ def start_run(
     """
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
+    # So is a cluster too small for the run (before the run directory exists).
     if backend is None and cfg.algorithm != "centralized":
-        backend = make_backend(
-            cfg, address, prep.profiles, prep.train_spec
-        )  # and a too-small cluster
+        backend = make_backend(cfg, address, prep.profiles, prep.train_spec)
+    elif backend is None:  # centralized on Ray Train: its GPU request must fit the cluster too
+        from engine.algorithms.centralized import ray_train_resources
+
+        ray_train_resources(cfg, prep, address)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))

@@ -38,7 +38,7 @@ from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import ClientRuntime, ClientTask, WorkerSpec
 from engine.clock import DeviceProfile, client_time_s
 from engine.data.batching import Encoded, eval_batches
-from engine.errors import FedRayRuntimeError
+from engine.errors import ConfigError, FedRayRuntimeError
 from engine.ledger import Ledger
 from engine.summary import print_round
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
@@ -197,18 +197,45 @@ def make_job(
     )
 
 
-def _fit_on_ray(job: CentralJob, cfg, prep, run_dir: Path, address: str | None) -> None:
-    """The job's rounds on one Ray Train worker (sized as the experiment's device)."""
-    from actors.cluster import init_ray
+def central_gpus(cfg, profile: DeviceProfile, cluster_gpus: float) -> float:
+    """The Ray Train worker's GPUs: one whole GPU under `client_num_gpus: auto` when the cluster has
+    one (a single trainer needs no packing), else the request a client of `profile` would make.
+    A ConfigError when that is more than the cluster has (Ray Train would wait forever)."""
     from actors.groups import device_resources
-    from actors.train_central import fit_central
+
+    share = 1.0 if cfg.resources.client_num_gpus == "auto" and cluster_gpus >= 1 else None
+    gpus = device_resources(cfg, profile, share).num_gpus
+    if gpus > cluster_gpus + 1e-9:
+        raise ConfigError(
+            "resources.client_num_gpus",
+            f"the centralized trainer asks for {gpus:g} GPUs but this Ray has {cluster_gpus:g}; "
+            "lower it (0 trains on CPUs) or run on a cluster with GPUs (ray.address)",
+        )
+    return gpus
+
+
+def ray_train_resources(cfg, prep, address: str | None) -> tuple[float, float]:
+    """Start (or join) Ray; the (CPUs, GPUs) of the Ray Train worker, checked against the cluster."""
+    from actors.cluster import cluster_gpus, init_ray
+    from actors.groups import device_resources
 
     init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    cpus = device_resources(cfg, prep.profile).num_cpus
+    return cpus, central_gpus(cfg, prep.profile, cluster_gpus())
+
+
+def _fit_on_ray(job: CentralJob, cfg, prep, run_dir: Path, address: str | None) -> None:
+    """The job's rounds on one Ray Train worker (sized as the experiment's device; on a GPU when
+    the cluster has one and `resources.client_num_gpus` allows it)."""
+    from actors.train_central import fit_central
+
+    cpus, gpus = ray_train_resources(cfg, prep, address)
     fit_central(
         job,
         storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
         name=f"central-from-round-{job.first_round}",
-        num_cpus=device_resources(cfg, prep.profile).num_cpus,
+        num_cpus=cpus,
+        num_gpus=gpus,
     )
 
 

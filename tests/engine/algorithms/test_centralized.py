@@ -132,3 +132,24 @@ def test_resume_from_a_checkpoint_repeats_the_lost_round_exactly(
     assert _no_time(_records(run)) == _no_time(_records(ray_run))
     final = "checkpoints/round_00002"
     assert load_checkpoint(run / final)[0] == load_checkpoint(ray_run / final)[0]
+
+
+def test_the_central_trainer_takes_a_whole_gpu_under_auto_and_never_more_than_there_is() -> None:
+    from engine.algorithms.centralized import central_gpus
+    from engine.clock import load_device_profile
+    from engine.errors import ConfigError
+
+    laptop = load_device_profile("laptop")
+    cfg = _cfg()
+    assert cfg.resources.client_num_gpus == "auto"
+    assert central_gpus(cfg, laptop, 0.0) == 0.0  # a CPU-only cluster: the CPU
+    assert central_gpus(cfg, laptop, 8.0) == 1.0  # one trainer: one whole GPU, no packing
+    assert central_gpus(cfg, laptop, 0.5) == 0.0  # no whole GPU free: the CPU
+    half = cfg.model_copy(
+        update={"resources": cfg.resources.model_copy(update={"client_num_gpus": 0.5})}
+    )
+    assert central_gpus(half, laptop, 1.0) == 0.5  # an explicit share is taken as asked
+    with pytest.raises(ConfigError) as err:
+        central_gpus(half, laptop, 0.0)
+    assert err.value.key == "resources.client_num_gpus"
+    assert "asks for 0.5 GPUs but this Ray has 0" in err.value.message
