@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from engine.client import ClientResult, ClientTask, GlobalCache, WorkerSpec, load_base
 from engine.cost import StepCostMeter, memory_estimate
 from engine.data.batching import Encoded, batch_shape, collate, make_batches
+from engine.device import Placement, device_peak_bytes
 from engine.ledger import serialize_state
 from engine.methods import count_parameters, load_trainable_state, trainable_state
 from engine.pruning import keep_hardest, keep_hardest_per_class, keep_random, score_batch
@@ -77,7 +78,10 @@ class SplitClientRuntime:
         torch.set_num_threads(spec.torch_threads)
         self.spec, self.plan, self.link = spec, plan, link
         self.train_data, self.test_data = train, test
-        self.model = build_client_model(spec, plan)
+        # fp32 on the worker's own device (a GPU when Ray gave it one); tensors cross the split
+        # through host memory (pack/unpack), so the body server may sit on another device.
+        self.placement = Placement.here("fp32")
+        self.model = build_client_model(spec, plan).to(self.placement.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable, self.total = count_parameters(self.model)
         every = list(self.model.parameters())
@@ -131,6 +135,7 @@ class SplitClientRuntime:
             cpu_s=time.thread_time() - t_cpu,
             wall_s=time.perf_counter() - t_wall,
             traffic=dict(run.traffic),
+            device_peak_bytes=device_peak_bytes(self.placement.device),
             extra={
                 "kept_samples": len(kept),
                 "local_loss": float(np.mean(local_losses)) if local_losses else float("nan"),
@@ -148,7 +153,7 @@ class SplitClientRuntime:
             for rows_b in make_batches(
                 rows, self.train_data.lengths, spec.batch_size, rng, spec.group_by_length
             ):
-                batch = collate(self.train_data, rows_b, spec.pad_id)
+                batch = self.placement.to_device(collate(self.train_data, rows_b, spec.pad_id))
                 losses.append(step(batch, run, len(losses)))
                 if spec.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm)
@@ -178,7 +183,7 @@ class SplitClientRuntime:
         backprop = smashed.requires_grad or self.plan.body_trains
         up = pack(self.plan.compress, hidden=smashed, mask=mask)
         body_out = run.send(self.link.forward, key, up, "activations", keep_graph=backprop)
-        hidden = body_out["hidden"].requires_grad_(True)
+        hidden = self._here(body_out["hidden"]).requires_grad_(True)
 
         def tail_step() -> float:
             loss = F.cross_entropy(self.model.tail(hidden, mask), batch["labels"])
@@ -188,7 +193,7 @@ class SplitClientRuntime:
         loss = run.measure(self.meters["tail"], batch, tail_step)
         if backprop:
             grad_up = pack(self.plan.compress, grad=hidden.grad)
-            grad_in = run.send(self.link.backward, key, grad_up, "gradients")["grad"]
+            grad_in = self._here(run.send(self.link.backward, key, grad_up, "gradients")["grad"])
             if smashed.requires_grad:  # finish backprop through the head on the client
                 run.measure(self.meters["back"], batch, lambda: smashed.backward(grad_in))
         return loss
@@ -206,11 +211,12 @@ class SplitClientRuntime:
         order = np.asarray(rows)
         with torch.no_grad():
             for i, start in enumerate(range(0, len(order), size)):
-                batch = collate(self.train_data, order[start : start + size], self.spec.pad_id)
+                rows_b = order[start : start + size]
+                batch = self.placement.to_device(collate(self.train_data, rows_b, self.spec.pad_id))
                 logits = run.measure(
                     self.meters["score"], batch, lambda b=batch, i=i: self._score_logits(b, run, i)
                 )
-                scores.append(score_batch(plan.score, logits, batch["labels"]))
+                scores.append(score_batch(plan.score, logits.cpu(), batch["labels"].cpu()))
         scores = np.concatenate(scores)
         if plan.per_class:
             labels = self.train_data.labels[order]
@@ -231,7 +237,11 @@ class SplitClientRuntime:
             body_out = run.send(self.link.forward, key, blob, "activations", keep_graph=False)[
                 "hidden"
             ]
-        return self.model.tail(body_out, mask)
+        return self.model.tail(self._here(body_out), mask)
+
+    def _here(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor that came over the split (host memory), on this client's device."""
+        return t if self.placement.device.type == "cpu" else t.to(self.placement.device)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, version: int, global_blob: bytes, batches: list[np.ndarray]) -> list[dict]:
@@ -240,7 +250,8 @@ class SplitClientRuntime:
         counter = iter(range(1 << 30))
 
         def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self._split_logits(batch, (version, EVAL_CLIENT, next(counter)))
+            key = (version, EVAL_CLIENT, next(counter))
+            return self._split_logits(self.placement.to_device(batch), key).cpu()
 
         return evaluate_logits(
             logits_of,

@@ -31,10 +31,13 @@ def split_state(blob: bytes) -> tuple[bytes, bytes | None]:
 
 
 class LocalBodyServer:
-    """A BodyRuntime in this process (debugging, unit tests); it cannot die on its own."""
+    """A BodyRuntime in this process (debugging, unit tests); it cannot die on its own.
+
+    At ZeRO stage 0 (the default) the body runs on plain torch, so an in-process run needs no
+    DeepSpeed; stages 1-3 run DeepSpeed here too."""
 
     def __init__(self, factory: Callable[[], torch.nn.Module], spec: ServerSpec) -> None:
-        self.runtime = BodyRuntime(factory(), spec)
+        self.runtime = BodyRuntime(factory(), spec, use_deepspeed=spec.zero_stage > 0)
         self.link = LocalLink(self.runtime)
         self.trains = spec.train_body
 

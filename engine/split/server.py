@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.device import resolve_precision
+from engine.device import local_device, resolve_precision
 from engine.ledger import deserialize_state, serialize_state
 
 Key = tuple[int, int, int]  # (round, client_id, step)
@@ -104,15 +104,25 @@ ADAM = "adam."  # body_state keys of the AdamW moments (stage 0)
 class BodyRuntime:
     """Forward/backward on clients' activations through one body; not thread-safe (callers lock)."""
 
-    def __init__(self, body: torch.nn.Module, spec: ServerSpec) -> None:
+    def __init__(self, body: torch.nn.Module, spec: ServerSpec, use_deepspeed: bool = True) -> None:
+        """`use_deepspeed=False`: the same body on plain torch (ZeRO stage 0 only; what
+        `fedray run --in-process` uses, so it runs where DeepSpeed is not installed)."""
         _check_spec(spec)
+        if not use_deepspeed and spec.zero_stage:
+            raise ValueError(f"zero_stage {spec.zero_stage} needs DeepSpeed; use 0 without it")
         t0 = time.perf_counter()
-        deepspeed, accel = _import_deepspeed()
+        if use_deepspeed:
+            deepspeed, accel = _import_deepspeed()
+            self.device = torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+        else:
+            deepspeed, self.device = None, local_device()
         self.spec = spec
         self._ds = deepspeed
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(accel.device_name(local_rank))
         self.precision = resolve_precision(spec.dtype, self.device)  # auto: this device's choice
+        if not use_deepspeed and spec.train_body and self.precision == "bf16":
+            if spec.dtype == "bf16":  # plain torch keeps no fp32 master copy of bf16 weights
+                raise ValueError("a trained bf16 body needs DeepSpeed; use dtype fp32 or auto")
+            self.precision = "fp32"
         self.dtype = _COMPUTE_DTYPES[self.precision]
         torch.manual_seed(spec.seed)
         body.eval()
@@ -122,7 +132,11 @@ class BodyRuntime:
         # it back; the module hooks that gather partitioned weights do not need it, and other
         # code in this process (an in-process client, the tests) must keep torch's own.
         linear = torch.nn.functional.linear
-        if spec.train_body:
+        if deepspeed is None:
+            body.to(self.device, dtype=self.dtype)
+            opt = torch.optim.AdamW(body.parameters(), lr=spec.lr) if spec.train_body else None
+            engine: Any = _TorchEngine(body, opt)
+        elif spec.train_body:
             opt = torch.optim.AdamW(body.parameters(), lr=spec.lr)
             engine, *_ = deepspeed.initialize(
                 model=body, optimizer=opt, config=_ds_config(spec, stage, self.precision)
@@ -259,11 +273,14 @@ class BodyRuntime:
             self.engine.backward(surrogate)
         self.engine.step()
 
-    def _gathered(self, params: list[torch.Tensor]) -> contextlib.AbstractContextManager:
-        """ZeRO-3 holds params partitioned; this gathers them whole for the block (else no-op)."""
+    def _gathered(
+        self, params: list[torch.Tensor], modifier_rank: int | None = None
+    ) -> contextlib.AbstractContextManager:
+        """ZeRO-3 holds params partitioned; this gathers them whole for the block (else no-op).
+        `modifier_rank`: the rank whose changes inside the block are kept (None: read only)."""
         if self.stage != 3:
             return contextlib.nullcontext()
-        return self._ds.zero.GatheredParameters(params, modifier_rank=None)
+        return self._ds.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -273,12 +290,10 @@ class BodyRuntime:
         At ZeRO stage 0 the AdamW moments and step count come along (`adam.*` keys), so a
         resumed run continues exactly; at stages 1-3 the moments restart from zero on resume.
         """
-        from deepspeed.utils import safe_get_full_fp32_param
-
         out: dict[str, np.ndarray] = {}
         with self._gathered([p for _, p in self._named]):
             for name, p in self._named:
-                full = safe_get_full_fp32_param(p)
+                full = self._master(p)
                 t = p if full is None else full
                 out[name] = t.detach().to("cpu", dtype=torch.float32).numpy().copy()
         out.update(self._adam_state())
@@ -319,8 +334,6 @@ class BodyRuntime:
 
     def load_body_state(self, state: dict[str, np.ndarray]) -> None:
         """Set the trainable params (and the optimizer's master copy); optimizer moments stay."""
-        from deepspeed.utils import safe_set_full_fp32_param
-
         self._load_adam_state(state)
         state = {k: v for k, v in state.items() if not k.startswith(ADAM)}
         names = {n for n, _ in self._named}
@@ -330,10 +343,7 @@ class BodyRuntime:
                 f"unexpected {sorted(set(state) - names)}"
             )
         params = [p for _, p in self._named]
-        with (
-            torch.no_grad(),
-            self._ds.zero.GatheredParameters(params, modifier_rank=0, enabled=self.stage == 3),
-        ):
+        with torch.no_grad(), self._gathered(params, modifier_rank=0):
             for name, p in self._named:
                 value = torch.from_numpy(np.asarray(state[name])).to(self.device)
                 if tuple(value.shape) != tuple(p.shape):
@@ -341,13 +351,40 @@ class BodyRuntime:
                 p.copy_(value.to(p.dtype))
         # ZeRO 1-3 and the bf16 optimizer step from an fp32 master copy: update it too, or the
         # next step would start from the old weights. A no-op at stage 0 fp32.
+        if self._ds is None:
+            return  # plain torch: the params are the master copy
+        from deepspeed.utils import safe_set_full_fp32_param
+
         for name, p in self._named:
             value = torch.from_numpy(np.asarray(state[name])).to(self.device, torch.float32)
             safe_set_full_fp32_param(p, value)
 
+    def _master(self, p: torch.Tensor) -> torch.Tensor | None:
+        """DeepSpeed's fp32 master copy of a param, if it keeps one."""
+        if self._ds is None:
+            return None
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(p)
+
     def pending(self) -> int:
         """Graphs kept by forward(keep_graph=True) that await their backward."""
         return len(self._graphs)
+
+
+class _TorchEngine:
+    """The part of DeepSpeed's engine BodyRuntime uses, on plain torch (stage 0: p.grad, AdamW)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.module, self.optimizer = module, optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
 
 class LocalLink:

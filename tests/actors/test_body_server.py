@@ -29,6 +29,9 @@ def test_link_round_trip_equals_in_process(server) -> None:
     import ray
 
     link = ServerLink(server, TIMEOUT_S)
+    # Bit-equal only on equal thread counts (matmul sums split over threads); an earlier test in
+    # this process (a client runtime) may have set it to 1 since THREADS was read.
+    torch.set_num_threads(THREADS)
     local = LocalLink(BodyRuntime(make_body(), ServerSpec()))
     hidden, mask, g = make_batch(5)
     for k, wire in enumerate((np.float32, np.float16)):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.cli import main
 from engine.config import load_config
 from engine.runner import start_run
@@ -18,6 +20,8 @@ HEAVY = ("ray", "deepspeed", "wandb", "matplotlib")
 # Runs the CLI in a fresh interpreter and prints its exit code and the heavy modules it imported.
 PROBE = f"""
 import json, sys
+import pytest
+
 from engine.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({{"code": code, "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
@@ -58,3 +62,38 @@ def test_in_process_with_an_address_is_a_usage_error(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --in-process: runs without Ray; drop --address (or --in-process)"]
     assert not out.exists()
+
+
+def _fedray(args: list[str], env: dict[str, str]) -> None:
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=900, env={**os.environ, **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.cuda
+def test_sfprompts_split_client_and_body_on_the_gpu_match_the_cpu(tmp_path) -> None:
+    """fp32 on CUDA vs CUDA hidden: the same round records to 1e-3 (kernels differ, not the math)."""
+    pytest.importorskip("deepspeed")  # the in-process body runs on DeepSpeed
+    config = str(ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml")
+    base = ["run", config, *tiny_overrides(**{"server.dtype": "fp32"}), "--in-process"]
+    _fedray([*base, "--out", str(tmp_path / "cpu")], {"CUDA_VISIBLE_DEVICES": ""})
+    _fedray([*base, "--out", str(tmp_path / "gpu")], {})
+    cpu, gpu = run_records(tmp_path / "cpu"), run_records(tmp_path / "gpu")
+    assert all(any(k.startswith("memory/device_peak_bytes/") for k in r) for r in gpu)
+    for rc, rg in zip(cpu, gpu, strict=True):
+        assert rg["eval/loss"] == pytest.approx(rc["eval/loss"], rel=1e-3)
+        assert rg["comm/bytes_up"] == rc["comm/bytes_up"]  # the wire does not see the device
+
+
+def test_an_in_process_sfprompt_run_needs_no_deepspeed(tmp_path) -> None:
+    """The in-process body (ZeRO stage 0) is plain torch; the Ray run above it is DeepSpeed's
+    (tests/e2e/test_sfprompt_run.py shows both give the same records)."""
+    config = str(ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml")
+    out = tmp_path / "sf"
+    probe = _probe(["run", config, *tiny_overrides(), "--in-process", "--out", str(out)])
+    assert probe == {"code": 0, "loaded": []}
+    assert len(run_records(out)) == 3

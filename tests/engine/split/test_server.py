@@ -258,3 +258,43 @@ def test_trained_body_state_resumes_adam_exactly() -> None:
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.cuda
+def test_the_body_server_on_a_gpu_uses_nccl_and_answers_as_on_the_cpu() -> None:
+    """The body on CUDA: DeepSpeed's process group is NCCL; its answers match the CPU's to 1e-4."""
+    pytest.importorskip("deepspeed")
+    rt = BodyRuntime(make_body(), ServerSpec(dtype="fp32"))
+    assert rt.device.type == "cuda" and torch.distributed.get_backend() == "nccl"
+    hidden = np.random.default_rng(0).standard_normal((2, 5, H)).astype(np.float32)
+    mask = np.ones((2, 5), dtype=np.int8)
+    out = deserialize_state(rt.forward((0, 0, 0), up(hidden, mask), keep_graph=False))["hidden"]
+    with torch.no_grad():
+        want = make_body()(torch.from_numpy(hidden), torch.from_numpy(mask).long()).numpy()
+    np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_plain_torch_body_equals_deepspeeds_at_stage_0() -> None:
+    """What --in-process runs without DeepSpeed: the same answers, AdamW steps and saved state."""
+    spec = ServerSpec(train_body=True, lr=1e-2)
+    runtimes = [BodyRuntime(make_body(), spec), BodyRuntime(make_body(), spec, use_deepspeed=False)]
+    for r in range(2):  # two rounds: the second step starts from the first's Adam moments
+        grads = [
+            [run_client(rt, (r, c, 0), make_batch(10 * r + c)) for c in (0, 1)] for rt in runtimes
+        ]
+        for a, b in zip(*grads, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for rt in runtimes:
+            rt.end_round({0: 0.25, 1: 0.75})
+    ds, plain = (rt.body_state() for rt in runtimes)
+    assert sorted(ds) == sorted(plain) and any(k.startswith("adam.") for k in plain)
+    for k in ds:
+        np.testing.assert_array_equal(ds[k], plain[k], err_msg=k)
+    fresh = BodyRuntime(make_body(), spec, use_deepspeed=False)
+    fresh.load_body_state(plain)  # a resume on plain torch
+    np.testing.assert_array_equal(
+        run_client(fresh, (2, 0, 0), make_batch(7)),
+        run_client(runtimes[0], (2, 0, 0), make_batch(7)),
+    )
+    with pytest.raises(ValueError, match="zero_stage 3 needs DeepSpeed"):
+        BodyRuntime(make_body(), ServerSpec(zero_stage=3), use_deepspeed=False)
