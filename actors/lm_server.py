@@ -1,9 +1,18 @@
-"""FedPT's black-box large LM as a Ray actor, and the driver's link to it (restart-aware)."""
+"""FedPT's server side on Ray: one actor holds the black-box large LM and, beside it on the same device,
+the FL server's work (the emulator build, the per-round proxy + distillation, evaluation, samples);
+the driver talks to it through a restart-aware handle.
+
+The FL server reaches the large LM only through `LocalLMLink` (logits for token ids, bytes counted),
+exactly as it would across processes: sharing the actor puts the server's small LMs on the black
+box's GPU without giving the server anything but logits.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -11,70 +20,128 @@ import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.cluster import fence_gpus
+from engine.algorithms.fedpt import FedPTServer, small_model_path
+from engine.config import RunConfig
+from engine.data.batching import Encoded
+from engine.device import local_device
 from engine.errors import FedRayRuntimeError
-from engine.ledger import deserialize_state, serialize_state
-from engine.lm.blackbox import BlackBoxLM
+from engine.lm.blackbox import BlackBoxLM, LocalLMLink
 
 MAX_RESTARTS = 3
 
 
-@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0, max_concurrency=4)
-class LargeLMServer:
-    """Loads the large LM once behind BlackBoxLM; threaded so concurrent callers get batched."""
+class _FaultyLink(LocalLMLink):
+    """LocalLMLink with fault injection: the process dies inside its `crash_in`-th next request."""
+
+    crash_in = 0
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        self.crash_in -= 1
+        if self.crash_in == 0:
+            os._exit(1)  # a real crash: no cleanup, the driver's call is in flight
+        return super().logits(ids, mask)
+
+
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0)
+class FedPTHost:
+    """The black box and the FL server, on the GPU Ray gave this actor (fedpt.server_num_gpus)."""
 
     def __init__(
-        self, factory: Callable[[], torch.nn.Module], blackbox: dict, torch_threads: int
+        self,
+        cfg: RunConfig,
+        data: tuple[Encoded, np.ndarray, Encoded, int],  # public text, its rows, test split, pad id
+        factory: Callable[[], torch.nn.Module],
+        blackbox: dict[str, Any],  # BlackBoxLM's keyword arguments
+        torch_threads: int,
     ) -> None:
         fence_gpus()  # fedpt.server_num_gpus: 0 keeps it off every GPU; a fraction caps it
         torch.set_num_threads(torch_threads)
-        self.threads = torch_threads
-        self.lm = BlackBoxLM(factory(), **blackbox)  # BlackBoxLM's keyword arguments
+        public, public_rows, test, pad_id = data
+        device = local_device()
+        # The emulator (if any) is built first, so the large LM is not held twice meanwhile.
+        self.small = small_model_path(cfg, public, public_rows, pad_id, device)
+        self.link = _FaultyLink(BlackBoxLM(factory(), **blackbox))
+        self.server = FedPTServer(
+            cfg, self.small, self.link, public, public_rows, test, pad_id, device
+        )
 
-    def ready(self) -> dict:
-        return {"pid": os.getpid(), "vocab_size": self.lm.vocab_size, "params": self.lm.num_params}
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "small_model": self.small, "device": str(self.server.device)}
 
-    def crash_after(self, calls: int) -> None:
-        """Fault injection: this process dies in the middle of its `calls`-th next request."""
-        self._crash_in = calls
+    def crash_after(self, requests: int) -> None:
+        self.link.crash_in = requests
 
-    def logits(self, blob: bytes) -> bytes:
-        self._crash_in = getattr(self, "_crash_in", 0) - 1
-        if self._crash_in == 0:
-            os._exit(1)  # a real crash: no cleanup, the caller's request is in flight
-        torch.set_num_threads(self.threads)  # per calling thread (OpenMP), as in BodyServer
-        return self.lm.logits_blob(blob)
+    def end_round(self, weights: dict[int, float], state: dict, round: int) -> tuple[dict, dict]:
+        return self.server.end_round(weights, state, round)
+
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        return self.server.evaluate(state, batch_size)
+
+    def samples(self, state: dict) -> str | None:
+        return self.server.samples(state)
 
 
-class LargeLMLink:
-    """The server side's handle: logits for token ids; one retry after a restart; bytes counted."""
+class FedPTHostLink:
+    """The driver's FedPT server: every call goes to the FedPTHost actor; a call the actor died in
+    is made once more against its restart (each is a function of its arguments and the seed, so
+    the answer is the one the first attempt would have given)."""
 
     def __init__(self, handle, timeout_s: float) -> None:
         self.handle, self.timeout_s = handle, timeout_s
-        self.bytes_up = self.bytes_down = 0
-        self.restarts = 0
+        info = self._wait_ready()
+        self.small_model: str = info["small_model"]
 
-    def logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        blob = serialize_state({"ids": ids.astype(np.int32), "mask": mask.astype(np.int8)})
+    # -- what the runner asks of a round's server ---------------------------------------------
+    def lost(self, result: object) -> bool:
+        return False  # a death inside a call is retried by _call itself
+
+    def recover(self) -> None:
+        pass
+
+    def with_state(self, blob: bytes) -> bytes:
+        return blob  # the global small-LM state is all FedPT's server carries between rounds
+
+    def restore(self, blob: bytes) -> bytes:
+        return blob
+
+    def crash_after(self, requests: int = 2) -> None:
+        """Fault injection (faults.server_kill_round): the actor dies inside a later request."""
+        ray.get(self.handle.crash_after.remote(requests), timeout=self.timeout_s)
+
+    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
+        (new_state, record), restarts = self._call("end_round", weights, state, round)
+        if record:
+            record["server/restarts"] = restarts
+        return new_state, record
+
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        return self._call("evaluate", state, batch_size)[0]
+
+    def write_samples(self, state: dict, path: Path) -> None:
+        text = self._call("samples", state)[0]
+        if text is not None:
+            path.write_text(text)
+
+    def shutdown(self) -> None:
+        ray.kill(self.handle, no_restart=True)
+
+    # -- calls ----------------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any) -> tuple[Any, int]:
+        """(the answer, restarts it took: 0 or 1)."""
         for attempt in (0, 1):
             try:
-                out = ray.get(self.handle.logits.remote(blob), timeout=self.timeout_s)
-                break
+                ref = getattr(self.handle, method).remote(*args)
+                return ray.get(ref, timeout=self.timeout_s), attempt
             except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
                 if attempt:
-                    raise FedRayRuntimeError(f"the large-LM server failed twice: {exc}") from None
-                self.restarts += 1
+                    raise FedRayRuntimeError(f"the FedPT server failed twice: {exc}") from None
                 self._wait_ready()
-        self.bytes_up += len(blob)
-        self.bytes_down += len(out)
-        return torch.from_numpy(deserialize_state(out)["logits"].astype(np.float32))
+        raise AssertionError("unreachable")
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> dict[str, Any]:
         from actors.body_server import wait_ready
 
         try:
-            wait_ready(self.handle, self.timeout_s)
+            return wait_ready(self.handle, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure here ends the run (resumable)
-            raise FedRayRuntimeError(f"the large-LM server did not come back: {exc}") from None
-
-    def shutdown(self) -> None:
-        ray.kill(self.handle)
+            raise FedRayRuntimeError(f"the FedPT server did not come up: {exc}") from None

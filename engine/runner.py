@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +60,11 @@ def server_gpus(cfg: RunConfig) -> float:
     )
 
 
+def server_gpus_key(cfg: RunConfig) -> str:
+    """The config key of server_gpus, for errors."""
+    return "fedpt.server_num_gpus" if cfg.algorithm == "fedpt" else "server.num_gpus"
+
+
 def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, train_spec=None):
     """Start (or join) Ray and size the client worker groups from config and cluster resources.
 
@@ -85,8 +91,8 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, trai
             gpu_share=gpu_share,
         )
         if started:
-            key = "fedpt.server_num_gpus" if cfg.algorithm == "fedpt" else "server.num_gpus"
-            check_placeable(cfg, groups, ray.cluster_resources(), server_gpus(cfg), key)
+            totals = ray.cluster_resources()
+            check_placeable(cfg, groups, totals, server_gpus(cfg), server_gpus_key(cfg))
         if len(groups) > 1:
             print("client workers: " + describe_groups(groups), file=sys.stderr)
         return groups, client_group if len(groups) > 1 else None
@@ -160,7 +166,12 @@ def start_run(
         if backend is not None:
             backend.shutdown()
         raise
-    return _execute(cfg, prep, run_dir, address, backend, None, on_round)
+    try:
+        return _execute(cfg, prep, run_dir, address, backend, None, on_round)
+    except ConfigError:  # found at start (e.g. a measured client step fits no GPU)
+        if not (run_dir / rundir.METRICS).exists():  # no round ran: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def resume_run(

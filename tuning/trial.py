@@ -55,6 +55,19 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     return bundles + [g.resources.bundle() for g in groups for _ in range(g.size)]
 
 
+def trial_resources(sweep: SweepConfig, cfg: RunConfig):
+    """The run's resources inside a trial: the trial's worker count, and the profiles' GPU requests
+    for `client_num_gpus: auto` (the placement group was reserved from them, trial_bundles, before
+    anything could measure a client step and pack)."""
+    gpus = cfg.resources.client_num_gpus
+    return cfg.resources.model_copy(
+        update={
+            "num_workers": trial_workers(sweep, cfg),
+            "client_num_gpus": None if gpus == "auto" else gpus,
+        }
+    )
+
+
 def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> None:
     """The Tune function trainable: run (or, after a restore, resume) the trial's fedray run."""
     from ray import tune
@@ -63,8 +76,15 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> Non
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(sweep, params)
+    # The trial's placement group was reserved before anything ran, from the profiles' GPU
+    # requests (trial_bundles): `client_num_gpus: auto` cannot measure and pack here, so it is that.
+    gpus = cfg.resources.client_num_gpus
+    resources = {
+        "num_workers": trial_workers(sweep, cfg),
+        "client_num_gpus": None if gpus == "auto" else gpus,
+    }
     updates = {"wandb": cfg.wandb.model_copy(update={"mode": "disabled"}),  # Tune's callback logs
-               "resources": cfg.resources.model_copy(update={"num_workers": trial_workers(sweep, cfg)})}  # fmt: skip
+               "resources": cfg.resources.model_copy(update=resources)}  # fmt: skip
     cfg = cfg.model_copy(update=updates)
     run_dir = Path(sweep_dir) / "trials" / trial_id / RUN
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 A round is FedAvg's (clients LoRA-tune the small LM); then `FedPTServer.end_round` builds the
 proxy-tuned large LM, large + alpha * (small_tuned - small_base), from the black box's logits and
 distils it into the aggregated small LM on server-side public text. What it returns is the next
-round's global state.
+round's global state. On Ray the server side (emulator build, proxy + distillation, evaluation)
+runs in the black box's actor, on its device (actors/lm_server.py); in process, in the driver.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.models import TINY_MODELS, load_model, resolve_model_path
 from engine.train import derive_seed
 
 DISTILL_STREAM = 4  # seed stream of the server's distillation batches
+CPU = torch.device("cpu")
 
 
 def check_fedpt(cfg: RunConfig) -> None:
@@ -86,8 +88,15 @@ def check_same_tokenizer(large: str, small: str) -> None:
         )
 
 
-def small_model_path(cfg: RunConfig, public: Encoded, public_rows: np.ndarray, pad_id: int) -> str:
-    """The clients' small LM: the configured one, or the layer-drop emulator (built and cached).
+def small_model_path(
+    cfg: RunConfig,
+    public: Encoded,
+    public_rows: np.ndarray,
+    pad_id: int,
+    device: torch.device = CPU,
+) -> str:
+    """The clients' small LM: the configured one, or the layer-drop emulator (built and cached; its
+    distillation from the large LM runs on `device`: the black box's, on Ray).
 
     A build of N distillation steps continues the longest cached build of fewer steps with the same
     model, layers, lr, seed and public text (its optimizer state is kept beside it), so sweeping
@@ -100,18 +109,20 @@ def small_model_path(cfg: RunConfig, public: Encoded, public_rows: np.ndarray, p
 
     key = [cfg.model.name, f.emulator_layers, f.emulator_distill_steps, f.emulator_distill_lr,
            cfg.seed, cfg.model.max_length, hashlib.sha256(public_rows.tobytes()).hexdigest()]  # fmt: skip
+    if device.type != "cpu":  # a GPU build differs in the last bits: cached apart (CPU keys stay)
+        key.append(device.type)
     root = cache_root() / "emulators"
     out = root / f"{cfg.model.name.replace('/', '_')}-{_digest(key)}"
     if (out / "config.json").is_file():
         return str(out)
-    large = functools.cache(lambda: _load_lm(cfg.model.name, cfg.seed, pad_id))
-    small, opt, done = _emulator_start(cfg, root, key, large, pad_id)
+    large = functools.cache(lambda: _load_lm(cfg.model.name, cfg.seed, pad_id).to(device))
+    small, opt, done = _emulator_start(cfg, root, key, large, pad_id, device)
     if f.emulator_distill_steps > done:
         from engine.lm.emulator import distill_emulator
 
         blocks = packed_blocks(public, public_rows, cfg.model.max_length)  # [n, t], no padding
         batches = [
-            torch.from_numpy(blocks[i : i + f.distill_batch_size])
+            torch.from_numpy(blocks[i : i + f.distill_batch_size]).to(device)
             for i in range(0, len(blocks), f.distill_batch_size)
         ]
         distill_emulator(small, large(), batches, f.emulator_distill_steps, f.emulator_distill_lr,
@@ -137,7 +148,9 @@ def _digest(key: list) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
-def _emulator_start(cfg: RunConfig, root: Path, key: list, large: Any, pad_id: int):
+def _emulator_start(
+    cfg: RunConfig, root: Path, key: list, large: Any, pad_id: int, device: torch.device = CPU
+):
     """(emulator, its distillation optimizer, steps done): the longest cached shorter build, or a fresh cut."""
     from engine.lm.emulator import decoder_layers, layer_drop
 
@@ -155,6 +168,7 @@ def _emulator_start(cfg: RunConfig, root: Path, key: list, large: Any, pad_id: i
         small = layer_drop(large(), cfg.fedpt.emulator_layers)
     else:
         small = load_model(str(best), "causal_lm", 0, _vocab(cfg.model.name), cfg.seed, pad_id)
+        small.to(device)
     opt = torch.optim.AdamW(decoder_layers(small).parameters(), lr=cfg.fedpt.emulator_distill_lr)
     if best is not None:
         opt.load_state_dict(torch.load(best / OPTIMIZER_FILE, weights_only=True))
@@ -188,18 +202,25 @@ def _vocab(name: str) -> int:
 
 
 class FedPTServer:
-    """The FL server of FedPT (in the driver): base/tuned/student small LMs and a black-box link."""
+    """The FL server of FedPT: base/tuned/student small LMs and a black-box link.
+
+    On Ray it runs in the black box's actor, on its device (actors/lm_server.py: FedPTHost); in
+    process, in the driver. Its models live on `device`; the link's logits come back to host memory.
+    """
 
     def __init__(self, cfg: RunConfig, small_path: str, link: Any, public: Encoded,
-                 public_rows: np.ndarray, test: Encoded, pad_id: int) -> None:  # fmt: skip
+                 public_rows: np.ndarray, test: Encoded, pad_id: int,
+                 device: torch.device = CPU) -> None:  # fmt: skip
         self.cfg, self.f, self.link = cfg, cfg.fedpt, link
         self.public, self.public_rows, self.test, self.pad_id = public, public_rows, test, pad_id
+        self.device = device
         vocab = _vocab(cfg.model.name)
         self.base = load_model(small_path, "causal_lm", 0, vocab, cfg.seed, pad_id).eval()
         method = get_method(cfg.method.name)
         params = method.params_type(**cfg.method.model_dump())
-        torch.manual_seed(cfg.seed)  # the same adapter init as the clients'
-        self.student = apply_method(copy.deepcopy(self.base), "causal_lm", params)
+        torch.manual_seed(cfg.seed)  # the same adapter init as the clients' (built on the CPU)
+        self.student = apply_method(copy.deepcopy(self.base), "causal_lm", params).to(device)
+        self.base.to(device)
         self.tuned = copy.deepcopy(self.student).eval()  # frozen by use: only under no_grad
         self._fixed: dict[str, float] | None = None  # base large / base small: they never change
         self.logit_bytes = 0
@@ -221,12 +242,7 @@ class FedPTServer:
         self.link.shutdown()
 
     def crash_after(self, requests: int = 2) -> None:
-        """Fault injection (faults.server_kill_round): the black box dies inside a later request."""
-        handle = getattr(self.link, "handle", None)
-        if handle is not None:  # the in-process black box has no process to kill
-            import ray
-
-            ray.get(handle.crash_after.remote(requests), timeout=60)
+        """Fault injection (faults.server_kill_round): a no-op here; the Ray host (FedPTHost) dies."""
 
     # -- the round ---------------------------------------------------------------------------
     def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
@@ -244,7 +260,7 @@ class FedPTServer:
         losses = []
         for _ in range(self.f.distill_steps):
             rows = rng.choice(self.public_rows, size=self.f.distill_batch_size, replace=False)
-            batch = collate(self.public, np.sort(rows), self.pad_id)
+            batch = self._collate(self.public, np.sort(rows))
             teacher = self._proxy(batch, self.f.temperature, self.f.top_p)
             logits = self.student(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -263,11 +279,14 @@ class FedPTServer:
             "server/restarts": getattr(self.link, "restarts", 0) - restarts0,
         }
 
+    def _collate(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in collate(enc, rows, self.pad_id).items()}
+
     @torch.no_grad()
     def _logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The black box's, the tuned small LM's and the base small LM's logits on a batch."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        large = self.link.logits(ids.numpy(), mask.numpy())
+        large = self.link.logits(ids.cpu().numpy(), mask.cpu().numpy()).to(self.device)
         tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
         base = self.base(input_ids=ids, attention_mask=mask).logits
         return large, tuned, base
@@ -281,19 +300,25 @@ class FedPTServer:
         )
 
     # -- samples -------------------------------------------------------------------------------
+    def write_samples(self, state: dict, path: Path) -> None:
+        text = self.samples(state)
+        if text is not None:
+            path.write_text(text)
+
     @torch.no_grad()
-    def write_samples(self, state: dict, path: Path, prompt_tokens: int = 16) -> None:
-        """Greedy continuations of the first test texts by the base and the proxy-tuned large LM."""
+    def samples(self, state: dict, prompt_tokens: int = 16) -> str | None:
+        """Greedy continuations of the first test texts by the base and the proxy-tuned large LM,
+        as markdown (None when fedpt.generate is 0)."""
         from engine.models import load_tokenizer
 
         if not self.f.generate:
-            return
+            return None
         tok = load_tokenizer(self.cfg.model.name)
         load_trainable_state(self.tuned, state)
         ones = lambda ids: np.ones(tuple(ids.shape), dtype=np.int8)  # noqa: E731
 
         def large(ids: torch.Tensor) -> torch.Tensor:
-            return self.link.logits(ids.numpy(), ones(ids))
+            return self.link.logits(ids.cpu().numpy(), ones(ids)).to(self.device)
 
         def proxy(ids: torch.Tensor) -> torch.Tensor:
             return proxy_logits(large(ids), self.tuned(input_ids=ids).logits,
@@ -302,13 +327,13 @@ class FedPTServer:
         lines = [f"# Greedy samples ({self.cfg.name})", ""]
         for r in range(min(self.f.generate, len(self.test))):
             ids = self.test.ids[self.test.offsets[r] : self.test.offsets[r + 1]][:prompt_tokens]
-            prompt = torch.from_numpy(ids.astype(np.int64))[None]
+            prompt = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
             lines += [f"## Sample {r + 1}", "", f"prompt: {tok.decode(ids)!r}", ""]
             for name, fn in (("base large", large), ("proxy-tuned large", proxy)):
-                out = _greedy(fn, prompt, self.f.generate_tokens)[0]
+                out = _greedy(fn, prompt, self.f.generate_tokens)[0].cpu()
                 lines += [f"- {name}: {tok.decode(out)!r}"]
             lines.append("")
-        path.write_text("\n".join(lines))
+        return "\n".join(lines)
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,7 +342,7 @@ class FedPTServer:
         load_trainable_state(self.tuned, state)
         sums: dict[str, list[float]] = {}
         for rows in eval_batches(len(self.test), self.test.lengths, batch_size):
-            batch = collate(self.test, rows, self.pad_id)
+            batch = self._collate(self.test, rows)
             ids, mask = batch["input_ids"], batch["attention_mask"]
             large, tuned, base = self._logits(batch)
             named = {"proxy": proxy_logits(large, tuned, base, self.f.alpha)}
@@ -359,14 +384,15 @@ def _metrics(acc: list) -> dict[str, float]:
     return {"perplexity": float(np.exp(min(acc[0] / n, 50.0))), "accuracy": acc[2] / n}
 
 
-def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any, FedPTServer]:
-    """The small LM for the clients (built first), the black-box actor, and the FedPT server."""
+def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any, Any]:
+    """The FedPT server (with the black box and the clients' small LM, built first) and the
+    clients' spec: on Ray one actor on the black box's device (actors/lm_server.py), in process
+    the same objects in the driver, on its device."""
     from dataclasses import replace
     from functools import partial
 
     from engine.backend import LocalBackend
 
-    small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id)
     factory = partial(_load_lm, cfg.model.name, cfg.seed, prep.pad_id)
     f = cfg.fedpt
     blackbox = {
@@ -374,16 +400,21 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
         "dtype": f.server_dtype,
         "kernel_inject": f.kernel_inject,
     }
+    data = (prep.public, prep.public_rows, prep.test, prep.pad_id)
     if isinstance(backend, LocalBackend):
+        from engine.device import local_device
         from engine.lm.blackbox import BlackBoxLM, LocalLMLink
 
-        link: Any = LocalLMLink(BlackBoxLM(factory(), **blackbox))
+        device = local_device()
+        small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id, device)
+        link = LocalLMLink(BlackBoxLM(factory(), **blackbox))
+        server: Any = FedPTServer(cfg, small, link, *data, device=device)
     else:
-        from actors.lm_server import LargeLMLink, LargeLMServer
+        from actors.lm_server import FedPTHost, FedPTHostLink
 
-        handle = LargeLMServer.options(
-            num_cpus=cfg.fedpt.server_num_cpus, num_gpus=cfg.fedpt.server_num_gpus
-        ).remote(factory, blackbox, cfg.resources.torch_threads)
-        link = LargeLMLink(handle, cfg.resources.task_timeout_s)
-    server = FedPTServer(cfg, small, link, prep.public, prep.public_rows, prep.test, prep.pad_id)
+        handle = FedPTHost.options(num_cpus=f.server_num_cpus, num_gpus=f.server_num_gpus).remote(
+            cfg, data, factory, blackbox, cfg.resources.torch_threads
+        )
+        server = FedPTHostLink(handle, cfg.resources.task_timeout_s)
+        small = server.small_model
     return replace(spec, model_name=small), server

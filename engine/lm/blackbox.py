@@ -102,7 +102,8 @@ def _pad(a: np.ndarray, width: int) -> np.ndarray:
 
 
 class LocalLMLink:
-    """The in-process counterpart of actors.lm_server.LargeLMLink (debugging, unit tests)."""
+    """The FL server's link to the black box in the same process (FedPT's Ray host and in-process
+    runs): logits for token ids through the wire format, bytes counted as a remote link would."""
 
     def __init__(self, lm: BlackBoxLM) -> None:
         self.lm = lm

@@ -169,3 +169,17 @@ def test_the_probe_measures_a_step_on_the_gpu() -> None:
     assert runtime.total * 4 <= probe.device_peak_bytes < probe.device_total_bytes
     share = pack_gpu(probe.device_peak_bytes, probe.device_total_bytes)
     assert share.per_gpu >= 1
+
+
+def test_an_error_found_when_the_pool_starts_leaves_no_run_dir(tmp_path: Path) -> None:
+    """A measured client step that fits no GPU is found after the run directory was made: it goes."""
+    from engine.backend import LocalBackend
+    from engine.runner import start_run
+
+    class Refusing(LocalBackend):
+        def start(self, *args, **kwargs) -> None:
+            raise ConfigError("resources.client_num_gpus", "one client step needs 90 GiB")
+
+    with pytest.raises(ConfigError, match="90 GiB"):
+        start_run(_cfg(), out=str(tmp_path / "run"), backend=Refusing())
+    assert not (tmp_path / "run").exists()

@@ -122,3 +122,16 @@ def test_unreadable_sweep_files_are_config_errors(tmp_path: Path, text: bytes) -
     with pytest.raises(ConfigError) as err:
         load_sweep(path)
     assert err.value.key == "SWEEP"
+
+
+def test_a_trial_runs_with_the_gpu_requests_its_bundles_reserved(tmp_path) -> None:
+    from tuning.trial import trial_resources
+
+    sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 2}))
+    assert base.resources.client_num_gpus == "auto"
+    # auto cannot probe inside a reserved placement group: the profiles' requests, as bundled
+    assert trial_resources(sweep, base).client_num_gpus is None
+    assert trial_resources(sweep, base).num_workers == 2
+    fixed = {"overrides": {"resources.client_num_gpus": 0.25}}
+    sweep, base = load_sweep(sweep_file(tmp_path, trial={"workers": 2}, **fixed))
+    assert trial_resources(sweep, base).client_num_gpus == 0.25  # an explicit share stays
