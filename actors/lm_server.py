@@ -20,12 +20,13 @@ import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.cluster import fence_gpus
-from engine.algorithms.fedpt import FedPTServer, small_model_path
 from engine.config import RunConfig
 from engine.data.batching import Encoded
 from engine.device import local_device
 from engine.errors import FedRayRuntimeError
 from engine.lm.blackbox import BlackBoxLM, LocalLMLink
+from engine.lm.server import FedPTServer
+from engine.lm.small import small_model_path
 
 MAX_RESTARTS = 3
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import engine.lm.emulator as emulator
-from engine.algorithms.fedpt import small_model_path
+from engine.lm.small import small_model_path
 from engine.prepare import prepare
 from tests.e2e.test_fedpt_run import _cfg
 

@@ -1,0 +1,206 @@
+"""FedPT's FL server: each round, the proxy-tuned large LM, large + alpha * (small_tuned - small_base),
+from the black box's logits, distilled into the aggregated small LM on server-side public text; its
+held-out evaluation and greedy samples. On Ray it runs in the black box's actor, on its device
+(actors/lm_server.py); in process, in the driver."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.config import RunConfig
+from engine.data.batching import Encoded, collate, eval_batches
+from engine.lm.proxy import kd_loss, proxy_logits, sampling_log_probs
+from engine.lm.small import CPU, lm_vocab
+from engine.methods import apply_method, get_method, load_trainable_state, trainable_state
+from engine.models import load_model
+from engine.train import derive_seed
+
+DISTILL_STREAM = 4  # seed stream of the server's distillation batches
+
+
+class FedPTServer:
+    """The FL server of FedPT: base/tuned/student small LMs and a black-box link.
+
+    On Ray it runs in the black box's actor, on its device (actors/lm_server.py: FedPTHost); in
+    process, in the driver. Its models live on `device`; the link's logits come back to host memory.
+    """
+
+    def __init__(self, cfg: RunConfig, small_path: str, link: Any, public: Encoded,
+                 public_rows: np.ndarray, test: Encoded, pad_id: int,
+                 device: torch.device = CPU) -> None:  # fmt: skip
+        self.cfg, self.f, self.link = cfg, cfg.fedpt, link
+        self.public, self.public_rows, self.test, self.pad_id = public, public_rows, test, pad_id
+        self.device = device
+        vocab = lm_vocab(cfg.model.name)
+        self.base = load_model(small_path, "causal_lm", 0, vocab, cfg.seed, pad_id).eval()
+        method = get_method(cfg.method.name)
+        params = method.params_type(**cfg.method.model_dump())
+        torch.manual_seed(cfg.seed)  # the same adapter init as the clients' (built on the CPU)
+        self.student = apply_method(copy.deepcopy(self.base), "causal_lm", params).to(device)
+        self.base.to(device)
+        self.tuned = copy.deepcopy(self.student).eval()  # frozen by use: only under no_grad
+        self._fixed: dict[str, float] | None = None  # base large / base small: they never change
+        self.logit_bytes = 0
+
+    # -- what the runner asks of a round's server ---------------------------------------------
+    def lost(self, result: object) -> bool:
+        return False  # the link itself retries once against a restarted black box
+
+    def recover(self) -> None:
+        pass
+
+    def with_state(self, blob: bytes) -> bytes:
+        return blob  # the global small-LM state is all FedPT's server carries between rounds
+
+    def restore(self, blob: bytes) -> bytes:
+        return blob
+
+    def shutdown(self) -> None:
+        self.link.shutdown()
+
+    def crash_after(self, requests: int = 2) -> None:
+        """Fault injection (faults.server_kill_round): a no-op here; the Ray host (FedPTHost) dies."""
+
+    # -- the round ---------------------------------------------------------------------------
+    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
+        bytes0 = self.link.bytes_up + self.link.bytes_down
+        restarts0 = getattr(self.link, "restarts", 0)
+        if not self.f.distill:
+            return state, {}
+        load_trainable_state(self.tuned, state)
+        load_trainable_state(self.student, state)
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
+        torch.manual_seed(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.f.distill_lr)
+        self.student.train()
+        losses = []
+        for _ in range(self.f.distill_steps):
+            rows = rng.choice(self.public_rows, size=self.f.distill_batch_size, replace=False)
+            batch = self._collate(self.public, np.sort(rows))
+            teacher = self._proxy(batch, self.f.temperature, self.f.top_p)
+            logits = self.student(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            loss = kd_loss(logits, teacher, self.f.distill_temperature, batch["attention_mask"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        sent = self.link.bytes_up + self.link.bytes_down - bytes0
+        return trainable_state(self.student), {
+            "server/distill_loss": float(np.mean(losses)),
+            "server/logit_bytes": sent,
+            # the black box died mid-request and the link retried against its restart (stateless)
+            "server/restarts": getattr(self.link, "restarts", 0) - restarts0,
+        }
+
+    def _collate(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in collate(enc, rows, self.pad_id).items()}
+
+    @torch.no_grad()
+    def _logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The black box's, the tuned small LM's and the base small LM's logits on a batch."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        large = self.link.logits(ids.cpu().numpy(), mask.cpu().numpy()).to(self.device)
+        tuned = self.tuned(input_ids=ids, attention_mask=mask).logits
+        base = self.base(input_ids=ids, attention_mask=mask).logits
+        return large, tuned, base
+
+    @torch.no_grad()
+    def _proxy(self, batch: dict, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+        """log-probs of the proxy-tuned large LM on a batch [b, t, V]."""
+        large, tuned, base = self._logits(batch)
+        return sampling_log_probs(
+            proxy_logits(large, tuned, base, self.f.alpha), temperature, top_p
+        )
+
+    # -- samples -------------------------------------------------------------------------------
+    def write_samples(self, state: dict, path: Path) -> None:
+        text = self.samples(state)
+        if text is not None:
+            path.write_text(text)
+
+    @torch.no_grad()
+    def samples(self, state: dict, prompt_tokens: int = 16) -> str | None:
+        """Greedy continuations of the first test texts by the base and the proxy-tuned large LM,
+        as markdown (None when fedpt.generate is 0)."""
+        from engine.models import load_tokenizer
+
+        if not self.f.generate:
+            return None
+        tok = load_tokenizer(self.cfg.model.name)
+        load_trainable_state(self.tuned, state)
+        ones = lambda ids: np.ones(tuple(ids.shape), dtype=np.int8)  # noqa: E731
+
+        def large(ids: torch.Tensor) -> torch.Tensor:
+            return self.link.logits(ids.cpu().numpy(), ones(ids)).to(self.device)
+
+        def proxy(ids: torch.Tensor) -> torch.Tensor:
+            return proxy_logits(large(ids), self.tuned(input_ids=ids).logits,
+                                self.base(input_ids=ids).logits, self.f.alpha)  # fmt: skip
+
+        lines = [f"# Greedy samples ({self.cfg.name})", ""]
+        for r in range(min(self.f.generate, len(self.test))):
+            ids = self.test.ids[self.test.offsets[r] : self.test.offsets[r + 1]][:prompt_tokens]
+            prompt = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
+            lines += [f"## Sample {r + 1}", "", f"prompt: {tok.decode(ids)!r}", ""]
+            for name, fn in (("base large", large), ("proxy-tuned large", proxy)):
+                out = _greedy(fn, prompt, self.f.generate_tokens)[0].cpu()
+                lines += [f"- {name}: {tok.decode(out)!r}"]
+            lines.append("")
+        return "\n".join(lines)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        """Held-out perplexity / next-token accuracy of the proxy-tuned large LM (and, once, the bases)."""
+        load_trainable_state(self.tuned, state)
+        sums: dict[str, list[float]] = {}
+        for rows in eval_batches(len(self.test), self.test.lengths, batch_size):
+            batch = self._collate(self.test, rows)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            large, tuned, base = self._logits(batch)
+            named = {"proxy": proxy_logits(large, tuned, base, self.f.alpha)}
+            for a in self.f.eval_alphas:
+                named[f"proxy@{a:g}"] = proxy_logits(large, tuned, base, a)
+            if self._fixed is None:
+                named.update(large=large, small_base=base)
+            for name, logits in named.items():
+                _add(sums.setdefault(name, [0.0, 0, 0]), logits, ids, mask)
+        out = {f"eval/{n}_{k}": v for n, s in sums.items() for k, v in _metrics(s).items()}
+        if self._fixed is None:
+            self._fixed = {k: v for k, v in out.items() if "proxy" not in k}
+        return {**out, **self._fixed}
+
+
+def _greedy(next_logits, prompt: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Greedy continuation of prompt [1, t] for `tokens` steps; next_logits(ids) -> [1, t, V]."""
+    ids = prompt
+    for _ in range(tokens):
+        nxt = next_logits(ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+    return ids[:, prompt.shape[1] :]
+
+
+def _add(acc: list, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Next-token NLL sum, token count and hits over the real positions (as engine.train does)."""
+    logits, target = logits[:, :-1].float(), ids[:, 1:]
+    m = mask[:, 1:].bool()
+    lp = torch.log_softmax(logits[..., : logits.shape[-1]], dim=-1)
+    target = target.clamp_max(lp.shape[-1] - 1)
+    nll = -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    acc[0] += float(nll[m].sum())
+    acc[1] += int(m.sum())
+    acc[2] += int((lp.argmax(-1) == target)[m].sum())
+
+
+def _metrics(acc: list) -> dict[str, float]:
+    n = max(acc[1], 1)
+    return {"perplexity": float(np.exp(min(acc[0] / n, 50.0))), "accuracy": acc[2] / n}
