@@ -25,7 +25,7 @@ from engine.data.batching import Encoded
 from engine.device import local_device
 from engine.errors import FedRayRuntimeError
 from engine.lm.blackbox import BlackBoxLM, LocalLMLink
-from engine.lm.server import FedPTServer
+from engine.lm.server import FedPTServer, StatelessServer
 from engine.lm.small import small_model_path
 
 MAX_RESTARTS = 3
@@ -82,7 +82,7 @@ class FedPTHost:
         return self.server.samples(state)
 
 
-class FedPTHostLink:
+class FedPTHostLink(StatelessServer):
     """The driver's FedPT server: every call goes to the FedPTHost actor; a call the actor died in
     is made once more against its restart (each is a function of its arguments and the seed, so
     the answer is the one the first attempt would have given)."""
@@ -91,19 +91,6 @@ class FedPTHostLink:
         self.handle, self.timeout_s = handle, timeout_s
         info = self._wait_ready()
         self.small_model: str = info["small_model"]
-
-    # -- what the runner asks of a round's server ---------------------------------------------
-    def lost(self, result: object) -> bool:
-        return False  # a death inside a call is retried by _call itself
-
-    def recover(self) -> None:
-        pass
-
-    def with_state(self, blob: bytes) -> bytes:
-        return blob  # the global small-LM state is all FedPT's server carries between rounds
-
-    def restore(self, blob: bytes) -> bytes:
-        return blob
 
     def crash_after(self, requests: int = 2) -> None:
         """Fault injection (faults.server_kill_round): the actor dies inside a later request."""

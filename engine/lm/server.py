@@ -23,7 +23,25 @@ from engine.train import derive_seed
 DISTILL_STREAM = 4  # seed stream of the server's distillation batches
 
 
-class FedPTServer:
+class StatelessServer:
+    """What the runner asks of a round's server, for a FedPT server: nothing to recover (a call the
+    Ray host died in is redone by its handle) and no state of its own between rounds (the global
+    small-LM state is all it carries, so checkpoints hold just that)."""
+
+    def lost(self, result: object) -> bool:
+        return False
+
+    def recover(self) -> None:
+        pass
+
+    def with_state(self, blob: bytes) -> bytes:
+        return blob
+
+    def restore(self, blob: bytes) -> bytes:
+        return blob
+
+
+class FedPTServer(StatelessServer):
     """The FL server of FedPT: base/tuned/student small LMs and a black-box link.
 
     On Ray it runs in the black box's actor, on its device (actors/lm_server.py: FedPTHost); in
@@ -46,19 +64,6 @@ class FedPTServer:
         self.tuned = copy.deepcopy(self.student).eval()  # frozen by use: only under no_grad
         self._fixed: dict[str, float] | None = None  # base large / base small: they never change
         self.logit_bytes = 0
-
-    # -- what the runner asks of a round's server ---------------------------------------------
-    def lost(self, result: object) -> bool:
-        return False  # the link itself retries once against a restarted black box
-
-    def recover(self) -> None:
-        pass
-
-    def with_state(self, blob: bytes) -> bytes:
-        return blob  # the global small-LM state is all FedPT's server carries between rounds
-
-    def restore(self, blob: bytes) -> bytes:
-        return blob
 
     def shutdown(self) -> None:
         self.link.shutdown()
