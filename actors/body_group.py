@@ -9,8 +9,8 @@ import torch
 from ray.exceptions import GetTimeoutError
 
 from actors.body_server import BodyServer, ServerLink, wait_ready
+from engine.checkpoint import merge_state, split_state
 from engine.errors import FedRayRuntimeError
-from engine.split.local import merge_state, split_state
 from engine.split.server import ServerLost, ServerSpec
 
 # Ray restarts a dead server (re-running its constructor) this many times in a run.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from engine.data.batching import Encoded
 from engine.device import local_device
 from engine.errors import FedRayRuntimeError
 from engine.lm.blackbox import BlackBoxLM, LocalLMLink
-from engine.lm.server import FedPTServer, StatelessServer
+from engine.lm.server import FedPTRoundServer, FedPTServer, Memory
 from engine.lm.small import small_model_path
 
 MAX_RESTARTS = 3
@@ -72,43 +71,30 @@ class FedPTHost:
     def crash_after(self, requests: int) -> None:
         self.link.crash_in = requests
 
-    def end_round(self, weights: dict[int, float], state: dict, round: int) -> tuple[dict, dict]:
-        return self.server.end_round(weights, state, round)
+    def end_round(self, *args: Any) -> tuple[dict, dict, Memory]:
+        return self.server.end_round(*args)
 
-    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
-        return self.server.evaluate(state, batch_size)
+    def evaluate(self, *args: Any) -> dict[str, float]:
+        return self.server.evaluate(*args)
 
-    def samples(self, state: dict) -> str | None:
-        return self.server.samples(state)
+    def samples(self, *args: Any) -> str | None:
+        return self.server.samples(*args)
 
 
-class FedPTHostLink(StatelessServer):
+class FedPTHostLink(FedPTRoundServer):
     """The driver's FedPT server: every call goes to the FedPTHost actor; a call the actor died in
-    is made once more against its restart (each is a function of its arguments and the seed, so
-    the answer is the one the first attempt would have given)."""
+    is made once more against its restart (each is a function of its arguments, the memory
+    included, so the answer is the one the first attempt would have given)."""
 
     def __init__(self, handle, timeout_s: float) -> None:
         self.handle, self.timeout_s = handle, timeout_s
+        self.memory: Memory = {}
         info = self._wait_ready()
         self.small_model: str = info["small_model"]
 
     def crash_after(self, requests: int = 2) -> None:
         """Fault injection (faults.server_kill_round): the actor dies inside a later request."""
         ray.get(self.handle.crash_after.remote(requests), timeout=self.timeout_s)
-
-    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
-        (new_state, record), restarts = self._call("end_round", weights, state, round)
-        if record:
-            record["server/restarts"] = restarts
-        return new_state, record
-
-    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
-        return self._call("evaluate", state, batch_size)[0]
-
-    def write_samples(self, state: dict, path: Path) -> None:
-        text = self._call("samples", state)[0]
-        if text is not None:
-            path.write_text(text)
 
     def shutdown(self) -> None:
         ray.kill(self.handle, no_restart=True)

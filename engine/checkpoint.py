@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine.ledger import deserialize_state, serialize_state
+
 STATE_FILE = "state.safetensors"
 META_FILE = "meta.json"
 
@@ -79,3 +81,27 @@ def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path, bytes, dict[str, Any]]
             continue
         return path, blob, meta
     return None
+
+
+# ---------------------------------------------------------------- a server's state in a checkpoint
+
+SERVER_PREFIX = "server/"  # checkpoint keys of a server's own state (never sent to clients)
+
+
+def merge_state(client_blob: bytes, server_blob: bytes | None) -> bytes:
+    """One checkpoint payload: the clients' global state plus the server's own state, if any
+    (SFPrompt's trained body, FedPT's memory of the clients' updates)."""
+    if not server_blob:
+        return client_blob
+    body = {SERVER_PREFIX + k: v for k, v in deserialize_state(server_blob).items()}
+    return serialize_state({**deserialize_state(client_blob), **body})
+
+
+def split_state(blob: bytes) -> tuple[bytes, bytes | None]:
+    """Inverse of `merge_state`: (client global state, server state or None)."""
+    state = deserialize_state(blob)
+    body = {k[len(SERVER_PREFIX) :]: v for k, v in state.items() if k.startswith(SERVER_PREFIX)}
+    if not body:
+        return blob, None
+    client = {k: v for k, v in state.items() if not k.startswith(SERVER_PREFIX)}
+    return serialize_state(client), serialize_state(body)

@@ -252,6 +252,9 @@ class FedPTConfig(_Section):
     public_split: str = "public"
     public_fraction: float = Field(0.05, gt=0, lt=1)
     distill: bool = True  # distil the proxy-tuned large LM into the small LM every round
+    # What the proxy adds: global = the aggregated small LM (the paper's loop; after distillation
+    # it holds the large LM's knowledge too), clients = only the clients' own accumulated updates.
+    proxy_from: Literal["global", "clients"] = "global"
     distill_steps: int = Field(20, ge=1)
     distill_lr: float = Field(1e-3, gt=0)
     distill_temperature: float = Field(1.0, gt=0)

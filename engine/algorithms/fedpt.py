@@ -93,12 +93,12 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
     if isinstance(backend, LocalBackend):
         from engine.device import local_device
         from engine.lm.blackbox import BlackBoxLM, LocalLMLink
-        from engine.lm.server import FedPTServer
+        from engine.lm.server import FedPTServer, LocalFedPTServer
 
         device = local_device()
         small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id, device)
         link = LocalLMLink(BlackBoxLM(factory(), **blackbox))
-        server: Any = FedPTServer(cfg, small, link, *data, device=device)
+        server: Any = LocalFedPTServer(FedPTServer(cfg, small, link, *data, device=device))
     else:
         from actors.lm_server import FedPTHost, FedPTHostLink
 

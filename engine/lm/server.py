@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.checkpoint import merge_state, split_state
 from engine.config import RunConfig
 from engine.data.batching import Encoded, collate, eval_batches
+from engine.ledger import deserialize_state, serialize_state
 from engine.lm.proxy import kd_loss, proxy_logits, sampling_log_probs
 from engine.lm.small import CPU, lm_vocab
 from engine.methods import apply_method, get_method, load_trainable_state, trainable_state
@@ -23,29 +25,88 @@ from engine.train import derive_seed
 DISTILL_STREAM = 4  # seed stream of the server's distillation batches
 
 
-class StatelessServer:
-    """What the runner asks of a round's server, for a FedPT server: nothing to recover (a call the
-    Ray host died in is redone by its handle) and no state of its own between rounds (the global
-    small-LM state is all it carries, so checkpoints hold just that)."""
+Memory = dict[str, dict[str, np.ndarray]]  # what FedPT's server remembers between rounds
+
+
+class FedPTRoundServer:
+    """What the runner asks of FedPT's server: the round end, evaluation, samples and checkpoints.
+
+    The server's memory between rounds (fedpt.proxy_from: clients -> the round's broadcast state
+    and the clients' accumulated updates) is kept here, in the driver, handed to every call and
+    saved in checkpoints (`server/...` keys): the server itself is a function of its arguments, so a
+    call a Ray host died in is simply made again (`_call`) and a resumed run continues exactly.
+    """
+
+    memory: Memory
+
+    def _call(self, method: str, *args: Any) -> tuple[Any, int]:
+        """FedPTServer.<method>(*args), and how many restarts it took (0 in process)."""
+        raise NotImplementedError
 
     def lost(self, result: object) -> bool:
-        return False
+        return False  # a call the server died in is redone by _call
 
     def recover(self) -> None:
         pass
 
+    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
+        (new_state, record, self.memory), restarts = self._call(
+            "end_round", weights, state, round, self.memory
+        )
+        if record:
+            record["server/restarts"] = restarts
+        return new_state, record
+
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        return self._call("evaluate", state, batch_size, self.memory)[0]
+
+    def write_samples(self, state: dict, path: Path) -> None:
+        text = self._call("samples", state, self.memory)[0]
+        if text is not None:
+            path.write_text(text)
+
     def with_state(self, blob: bytes) -> bytes:
-        return blob
+        flat = {f"{part}/{k}": v for part, arrays in self.memory.items() for k, v in arrays.items()}
+        return merge_state(blob, serialize_state(flat) if flat else None)
 
     def restore(self, blob: bytes) -> bytes:
-        return blob
+        client, server = split_state(blob)
+        self.memory = {}
+        for key, value in (deserialize_state(server) if server else {}).items():
+            part, name = key.split("/", 1)
+            self.memory.setdefault(part, {})[name] = value
+        return client
 
 
-class FedPTServer(StatelessServer):
+class LocalFedPTServer(FedPTRoundServer):
+    """The FedPT server in the driver (in-process runs)."""
+
+    def __init__(self, server: FedPTServer) -> None:
+        self.server, self.memory = server, {}
+
+    def _call(self, method: str, *args: Any) -> tuple[Any, int]:
+        return getattr(self.server, method)(*args), 0
+
+    def crash_after(self, requests: int = 2) -> None:
+        """Fault injection (faults.server_kill_round): nothing to kill in process."""
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+
+class FedPTServer:
     """The FL server of FedPT: base/tuned/student small LMs and a black-box link.
 
     On Ray it runs in the black box's actor, on its device (actors/lm_server.py: FedPTHost); in
     process, in the driver. Its models live on `device`; the link's logits come back to host memory.
+    Every method is a function of its arguments (the memory comes in and goes out), see
+    FedPTRoundServer.
+
+    What the proxy adds to the large LM (`fedpt.proxy_from`): `global`, the paper's loop, takes
+    tuned = the aggregated small LM, which after the first round also holds what distillation put
+    in it (the large LM's knowledge, then added again); `clients` takes tuned = the initial adapter
+    plus the sum of the clients' own aggregated updates (each round's aggregate minus the state
+    broadcast for it), so only the clients' tuning is proxied. Without distillation both are equal.
     """
 
     def __init__(self, cfg: RunConfig, small_path: str, link: Any, public: Encoded,
@@ -62,22 +123,36 @@ class FedPTServer(StatelessServer):
         self.student = apply_method(copy.deepcopy(self.base), "causal_lm", params).to(device)
         self.base.to(device)
         self.tuned = copy.deepcopy(self.student).eval()  # frozen by use: only under no_grad
+        self.initial = trainable_state(self.student)  # the clients' initial adapter, too
         self._fixed: dict[str, float] | None = None  # base large / base small: they never change
-        self.logit_bytes = 0
 
     def shutdown(self) -> None:
         self.link.shutdown()
 
-    def crash_after(self, requests: int = 2) -> None:
-        """Fault injection (faults.server_kill_round): a no-op here; the Ray host (FedPTHost) dies."""
+    def proxied(self, state: dict, memory: Memory) -> dict:
+        """The small LM's state whose difference from the base the proxy adds (proxy_from)."""
+        if self.f.proxy_from == "global" or "clients" not in memory:
+            return state
+        return memory["clients"]
+
+    def remember(self, state: dict, memory: Memory) -> Memory:
+        """proxy_from: clients -> the memory after a round whose aggregate is `state`."""
+        if self.f.proxy_from == "global":
+            return {}
+        start = memory.get("start", self.initial)
+        clients = memory.get("clients", self.initial)
+        return {"start": start, "clients": {k: clients[k] + (state[k] - start[k]) for k in state}}
 
     # -- the round ---------------------------------------------------------------------------
-    def end_round(self, weights: dict[int, float], state: dict, round: int = 0):
-        bytes0 = self.link.bytes_up + self.link.bytes_down
-        restarts0 = getattr(self.link, "restarts", 0)
+    def end_round(
+        self, weights: dict[int, float], state: dict, round: int, memory: Memory
+    ) -> tuple[dict, dict, Memory]:
+        """(the state to broadcast next, the round's server record, the memory after the round)."""
+        memory = self.remember(state, memory)
         if not self.f.distill:
-            return state, {}
-        load_trainable_state(self.tuned, state)
+            return state, {}, {**memory, "start": state} if memory else {}
+        bytes0 = self.link.bytes_up + self.link.bytes_down
+        load_trainable_state(self.tuned, self.proxied(state, memory))
         load_trainable_state(self.student, state)
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
         torch.manual_seed(derive_seed(self.cfg.seed, round, DISTILL_STREAM))
@@ -99,12 +174,9 @@ class FedPTServer(StatelessServer):
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         sent = self.link.bytes_up + self.link.bytes_down - bytes0
-        return trainable_state(self.student), {
-            "server/distill_loss": float(np.mean(losses)),
-            "server/logit_bytes": sent,
-            # the black box died mid-request and the link retried against its restart (stateless)
-            "server/restarts": getattr(self.link, "restarts", 0) - restarts0,
-        }
+        new_state = trainable_state(self.student)
+        record = {"server/distill_loss": float(np.mean(losses)), "server/logit_bytes": sent}
+        return new_state, record, {**memory, "start": new_state} if memory else {}
 
     def _collate(self, enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in collate(enc, rows, self.pad_id).items()}
@@ -127,13 +199,8 @@ class FedPTServer(StatelessServer):
         )
 
     # -- samples -------------------------------------------------------------------------------
-    def write_samples(self, state: dict, path: Path) -> None:
-        text = self.samples(state)
-        if text is not None:
-            path.write_text(text)
-
     @torch.no_grad()
-    def samples(self, state: dict, prompt_tokens: int = 16) -> str | None:
+    def samples(self, state: dict, memory: Memory, prompt_tokens: int = 16) -> str | None:
         """Greedy continuations of the first test texts by the base and the proxy-tuned large LM,
         as markdown (None when fedpt.generate is 0)."""
         from engine.models import load_tokenizer
@@ -141,7 +208,7 @@ class FedPTServer(StatelessServer):
         if not self.f.generate:
             return None
         tok = load_tokenizer(self.cfg.model.name)
-        load_trainable_state(self.tuned, state)
+        load_trainable_state(self.tuned, self.proxied(state, memory))
         ones = lambda ids: np.ones(tuple(ids.shape), dtype=np.int8)  # noqa: E731
 
         def large(ids: torch.Tensor) -> torch.Tensor:
@@ -164,9 +231,9 @@ class FedPTServer(StatelessServer):
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+    def evaluate(self, state: dict, batch_size: int, memory: Memory) -> dict[str, float]:
         """Held-out perplexity / next-token accuracy of the proxy-tuned large LM (and, once, the bases)."""
-        load_trainable_state(self.tuned, state)
+        load_trainable_state(self.tuned, self.proxied(state, memory))
         sums: dict[str, list[float]] = {}
         for rows in eval_batches(len(self.test), self.test.lengths, batch_size):
             batch = self._collate(self.test, rows)

@@ -1,4 +1,4 @@
-"""The body server next to an in-process backend, and how a checkpoint carries a trained body."""
+"""The body server next to an in-process backend (a checkpoint carries its trained body)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,9 @@ from collections.abc import Callable
 
 import torch
 
+from engine.checkpoint import merge_state, split_state
 from engine.ledger import deserialize_state, serialize_state
 from engine.split.server import BodyRuntime, LocalLink, ServerSpec
-
-SERVER_PREFIX = "server/"  # checkpoint keys of the body a server trains (never sent to clients)
-
-
-def merge_state(client_blob: bytes, body_blob: bytes | None) -> bytes:
-    """One checkpoint payload: the clients' global state plus the server's trained body, if any."""
-    if not body_blob:
-        return client_blob
-    body = {SERVER_PREFIX + k: v for k, v in deserialize_state(body_blob).items()}
-    return serialize_state({**deserialize_state(client_blob), **body})
-
-
-def split_state(blob: bytes) -> tuple[bytes, bytes | None]:
-    """Inverse of `merge_state`: (client global state, body state or None)."""
-    state = deserialize_state(blob)
-    body = {k[len(SERVER_PREFIX) :]: v for k, v in state.items() if k.startswith(SERVER_PREFIX)}
-    if not body:
-        return blob, None
-    client = {k: v for k, v in state.items() if not k.startswith(SERVER_PREFIX)}
-    return serialize_state(client), serialize_state(body)
 
 
 class LocalBodyServer:
