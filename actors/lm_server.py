@@ -9,6 +9,7 @@ box's GPU without giving the server anything but logits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,14 +21,11 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.cluster import fence_gpus
 from engine.config import RunConfig
-from engine.data.batching import Encoded
 from engine.device import local_device
 from engine.errors import FedRayRuntimeError
 from engine.lm.blackbox import BlackBoxLM, LocalLMLink
 from engine.lm.server import FedPTRoundServer, FedPTServer, Memory
 from engine.lm.small import small_model_path
-
-MAX_RESTARTS = 3
 
 
 class _FaultyLink(LocalLMLink):
@@ -42,14 +40,15 @@ class _FaultyLink(LocalLMLink):
         return super().logits(ids, mask)
 
 
-@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0)
+# Not restarted by Ray: FedPTHostLink starts a new one itself (the data it needs is the driver's).
+@ray.remote(max_restarts=0, max_task_retries=0)
 class FedPTHost:
     """The black box and the FL server, on the GPU Ray gave this actor (fedpt.server_num_gpus)."""
 
     def __init__(
         self,
         cfg: RunConfig,
-        data: tuple[Encoded, np.ndarray, Encoded, int],  # public text, its rows, test split, pad id
+        data: tuple,  # (public text, its rows, test split, pad id)
         factory: Callable[[], torch.nn.Module],
         blackbox: dict[str, Any],  # BlackBoxLM's keyword arguments
         torch_threads: int,
@@ -83,11 +82,15 @@ class FedPTHost:
 
 class FedPTHostLink(FedPTRoundServer):
     """The driver's FedPT server: every call goes to the FedPTHost actor; a call the actor died in
-    is made once more against its restart (each is a function of its arguments, the memory
-    included, so the answer is the one the first attempt would have given)."""
+    is made once more against a new one (each is a function of its arguments, the memory
+    included, so the answer is the one the first attempt would have given).
 
-    def __init__(self, handle, timeout_s: float) -> None:
-        self.handle, self.timeout_s = handle, timeout_s
+    `start()` creates a FedPTHost; it is called again to replace one that died.
+    """
+
+    def __init__(self, start: Callable[[], Any], timeout_s: float) -> None:
+        self.start, self.timeout_s = start, timeout_s
+        self.handle = start()
         self.memory: Memory = {}
         info = self._wait_ready()
         self.small_model: str = info["small_model"]
@@ -109,6 +112,9 @@ class FedPTHostLink(FedPTRoundServer):
             except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
                 if attempt:
                     raise FedRayRuntimeError(f"the FedPT server failed twice: {exc}") from None
+                with contextlib.suppress(Exception):
+                    ray.kill(self.handle, no_restart=True)  # a hung one too
+                self.handle = self.start()
                 self._wait_ready()
         raise AssertionError("unreachable")
 

@@ -100,11 +100,16 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
         link = LocalLMLink(BlackBoxLM(factory(), **blackbox))
         server: Any = LocalFedPTServer(FedPTServer(cfg, small, link, *data, device=device))
     else:
+        import ray
+
         from actors.lm_server import FedPTHost, FedPTHostLink
 
-        handle = FedPTHost.options(num_cpus=f.server_num_cpus, num_gpus=f.server_num_gpus).remote(
-            cfg, data, factory, blackbox, cfg.resources.torch_threads
+        data_ref = ray.put(data)  # held by `start`: every host (a replacement too) reads it
+        host = FedPTHost.options(num_cpus=f.server_num_cpus, num_gpus=f.server_num_gpus)
+        threads = cfg.resources.torch_threads
+        server = FedPTHostLink(
+            lambda: host.remote(cfg, data_ref, factory, blackbox, threads),
+            cfg.resources.task_timeout_s,
         )
-        server = FedPTHostLink(handle, cfg.resources.task_timeout_s)
         small = server.small_model
     return replace(spec, model_name=small), server
