@@ -1,6 +1,6 @@
 """FedPT's server side on Ray: one actor holds the black-box large LM and, beside it on the same device,
 the FL server's work (the emulator build, the per-round proxy + distillation, evaluation, samples);
-the driver talks to it through a restart-aware handle.
+the driver talks to it through a handle that replaces a host that died (FedPTHostLink).
 
 The FL server reaches the large LM only through `LocalLMLink` (logits for token ids, bytes counted),
 exactly as it would across processes: sharing the actor puts the server's small LMs on the black
