@@ -5,6 +5,7 @@
     Machinery check (~2 min):     .venv/bin/python benchmarks/fedpt_table.py --smoke
 Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
          --direct RUN_DIR (reuse a finished direct run of the same config) --in-process (no Ray)
+         --config configs/fedpt/qwen_pair.yaml (a real pair: curves = distillation off, the other proxy_from)
 
 Every FedPT run also evaluates the proxy at --alphas (one training run gives the alpha curve); rows
 report the configured alpha's gap closed and the best alpha's. The curves sweep the emulator's kept
@@ -36,7 +37,8 @@ from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E
 
 BASE_CONFIG = ROOT / "configs" / "fedpt" / "austen.yaml"
 # Direct federated LoRA of the large LM: the same clients, rounds and LoRA, on the large model.
-DIRECT = ["algorithm=fedavg"]
+# The reference measures the large LM's device memory but does not drop its clients for it.
+DIRECT = ["algorithm=fedavg", "devices.enforce_memory=false"]
 SMOKE = [
     "model.name=tiny-llama-random",
     "model.max_length=32",
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--curves", action="store_true", help="also sweep emulator layers and distillation"
     )
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--config", default=str(BASE_CONFIG), help="the FedPT experiment (e.g. "
+                   "configs/fedpt/qwen_pair.yaml: a real pair, no emulator curves)")  # fmt: skip
     p.add_argument("--alphas", default=ALPHAS, help="proxy strengths evaluated in every run")
     p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
     p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
@@ -74,11 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(overrides: list[str], run_dir: Path, in_process: bool = False) -> dict[str, Any]:
+def run(
+    config: Path, overrides: list[str], run_dir: Path, in_process: bool = False
+) -> dict[str, Any]:
     from engine.backend import LocalBackend
     from engine.runner import start_run
 
-    cfg = validate_config(apply_overrides(read_yaml(BASE_CONFIG), overrides))
+    cfg = validate_config(apply_overrides(read_yaml(config), overrides))
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         out = start_run(cfg, out=str(run_dir), backend=LocalBackend() if in_process else None)
@@ -93,12 +99,12 @@ def load_run(out: Path, wall_s: float) -> dict[str, Any]:
             "wall_s": wall_s, "run_dir": str(out)}  # fmt: skip
 
 
-def reuse_direct(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def reuse_direct(config: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """A finished direct run, only if its config is the one this benchmark would run."""
     from engine.config import load_config
 
     unused = {"fedpt", "split", "server", "pruning", "local_loss", "wandb"}  # by a fedavg run
-    want = validate_config(apply_overrides(read_yaml(BASE_CONFIG), overrides))
+    want = validate_config(apply_overrides(read_yaml(config), overrides))
     have = load_config(run_dir / "config.yaml")
     if have.model_dump(exclude=unused) != want.model_dump(exclude=unused):
         raise SystemExit(f"--direct {run_dir}: its config differs from this benchmark's direct run")
@@ -154,11 +160,16 @@ def fedpt_row(name: str, res: dict[str, Any], direct_loss: float | None) -> dict
 def variants(curves: bool, base: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """The FedPT runs: the config, then (curves) distillation off and step and layer sweeps."""
     out = [("FedPT (config)", [])]
+    f = base["fedpt"]
     if curves:
+        other = "global" if f.get("proxy_from", "global") == "clients" else "clients"
         out += [("no per-round distillation", ["fedpt.distill=false"])]
+        out += [(f"proxy_from {other}", [f"fedpt.proxy_from={other}"])]
+    if curves and f.get("small_model") is None:  # the emulator's curves (a real pair has none)
         out += [(f"distil {n}", [f"fedpt.emulator_distill_steps={n}"]) for n in CURVE_DISTILL]
-        out += [(f"layers {x}", [f"fedpt.emulator_layers={x}"]) for x in CURVE_LAYERS]
-    f = base["fedpt"]  # a curve point equal to the config is the config's run
+        out += [
+            (f"layers {x}", [f"fedpt.emulator_layers={x}"]) for x in CURVE_LAYERS
+        ]  # a curve point equal to the config is the config's run
     same = {f"fedpt.emulator_layers={f['emulator_layers']}",
             f"fedpt.emulator_distill_steps={f['emulator_distill_steps']}"}  # fmt: skip
     return [(n, ov) for n, ov in out if not ov or not set(ov) <= same]
@@ -239,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "fedpt_table" + ("_smoke" if args.smoke else "")
     out = Path(args.out)
     root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
-    base = apply_overrides(read_yaml(BASE_CONFIG), common)
+    config = Path(args.config)
+    base = apply_overrides(read_yaml(config), common)
     started = False
     if not args.in_process:
         from actors.cluster import init_ray
@@ -249,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         if args.direct:
-            direct = reuse_direct(Path(args.direct), [*common, *DIRECT])
+            direct = reuse_direct(config, Path(args.direct), [*common, *DIRECT])
         else:
             print("== direct federated LoRA of the large LM", file=sys.stderr, flush=True)
-            direct = run([*common, *DIRECT], root / "direct", args.in_process)
+            direct = run(config, [*common, *DIRECT], root / "direct", args.in_process)
         d_last = [r for r in direct["records"] if "eval/perplexity" in r][-1]
         direct_row = {"name": "direct fed-LoRA large", "direct_ppl": d_last["eval/perplexity"],
                       "wall_s": direct["wall_s"], "run_dir": direct["run_dir"],
@@ -264,25 +276,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", file=sys.stderr, flush=True)
             overrides = [*common, f"fedpt.eval_alphas={args.alphas}", *extra]
             try:
-                res = run(overrides, root / name.replace(" ", "_"), args.in_process)
+                res = run(config, overrides, root / name.replace(" ", "_"), args.in_process)
                 rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra})
             except Exception as exc:  # a failed variant is a row
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
-            write(out, stem, rows, direct_row, common, time.perf_counter() - t0)
+            write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0), flush=True)
+    print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config), flush=True)
     return 0
 
 
-def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall: float) -> str:
+def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall: float,
+          config: Path) -> str:  # fmt: skip
     """The table so far (after every run: a long sweep keeps what it measured)."""
     md = markdown(rows, direct_row)
-    md += f"\ntotal wall time {wall:.0f} s; base {BASE_CONFIG.name} {' '.join(common)}\n"
+    md += f"\ntotal wall time {wall:.0f} s; base {config.name} {' '.join(common)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "direct": direct_row,
                                                   "overrides": common}, indent=1) + "\n")  # fmt: skip
