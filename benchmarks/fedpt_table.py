@@ -7,7 +7,8 @@ Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
          --direct RUN_DIR (reuse a finished direct run of the same config) --in-process (no Ray)
          --config configs/fedpt/qwen_pair.yaml (a real pair: curves = distillation off, the other proxy_from)
 
-Every FedPT run also evaluates the proxy at --alphas (one training run gives the alpha curve); rows
+The config's run writes <out>/fedpt_table_samples.md: greedy samples of the base, the proxy-tuned
+and the directly tuned large LM on the same prompts. Every FedPT run also evaluates the proxy at --alphas (one training run gives the alpha curve); rows
 report the configured alpha's gap closed and the best alpha's. The curves sweep the emulator's kept
 layers (at the configured distillation steps) and its distillation steps (at the configured layers),
 plus the per-round distillation switched off; emulator builds continue shorter cached ones.
@@ -278,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 res = run(config, overrides, root / name.replace(" ", "_"), args.in_process)
                 rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra})
+                if not extra:  # the config's run: its samples beside the direct run's
+                    print(
+                        side_by_side_samples(res, direct, out / f"{stem}_samples.md"),
+                        file=sys.stderr,
+                    )
             except Exception as exc:  # a failed variant is a row
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
@@ -289,6 +295,33 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config), flush=True)
     return 0
+
+
+def side_by_side_samples(fedpt: dict[str, Any], direct: dict[str, Any], path: Path) -> Path | None:
+    """Greedy samples of the base, proxy-tuned and directly tuned large LM on the same prompts
+    (FedPT's samples.md and `fedray samples` on the direct run), written to `path`."""
+    from engine.config import load_config
+    from engine.lm.samples import from_markdown, merge, run_samples, to_markdown
+
+    fedpt_dir = Path(fedpt["run_dir"])
+    if not (fedpt_dir / "samples.md").is_file():
+        return None  # fedpt.generate: 0
+    f = load_config(fedpt_dir / "config.yaml").fedpt
+    direct_md = run_samples(direct["run_dir"], f.generate, f.generate_tokens).read_text()
+    # the direct run's base is the black box itself: one "base large" line (kept apart if it differs)
+    direct_samples = [
+        (prompt, {("directly tuned large" if k.startswith("tuned") else "base large (direct run)"): v
+                  for k, v in outs.items()})
+        for prompt, outs in from_markdown(direct_md)
+    ]  # fmt: skip
+    samples = merge(from_markdown((fedpt_dir / "samples.md").read_text()), direct_samples)
+    for _, outs in samples:
+        if outs.get("base large (direct run)") == outs["base large"]:
+            del outs["base large (direct run)"]
+    text = to_markdown(f"FedPT {fedpt_dir.name} and direct {Path(direct['run_dir']).name}", samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall: float,

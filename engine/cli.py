@@ -1,4 +1,4 @@
-"""The `fedray` command line: run, resume, tune, report, models."""
+"""The `fedray` command line: run, resume, tune, report, samples, models."""
 
 from __future__ import annotations
 
@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write PNG plots and an index.md embedding them into PATH/report/.",
     )
     rep.add_argument("path", metavar="RUN_DIR|SWEEP_DIR")
+    smp = sub.add_parser(
+        "samples",
+        help="greedy samples of a finished causal-LM run's base and tuned model",
+        description="Write RUN_DIR/samples.md: greedy continuations of the run's first held-out "
+        "texts (16-token prompts) by the base model and the tuned one (its last checkpoint).",
+    )
+    smp.add_argument("run_dir", metavar="RUN_DIR")
+    smp.add_argument("--n", type=int, default=2, help="how many prompts (default 2)")
+    smp.add_argument("--tokens", type=int, default=24, help="tokens per continuation (default 24)")
     models = sub.add_parser(
         "models",
         help="list, fetch or verify the embedded pretrained models",
@@ -111,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             resume_run(args.run_dir, address=args.address, backend=backend)
         elif args.command == "tune":
             _tune(args)
+        elif args.command == "samples":
+            from engine.lm.samples import run_samples
+
+            print(run_samples(args.run_dir, args.n, args.tokens))
         elif args.command == "report":
             from tuning.report import report
 

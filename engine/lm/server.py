@@ -17,6 +17,7 @@ from engine.config import RunConfig
 from engine.data.batching import Encoded, collate, eval_batches
 from engine.ledger import deserialize_state, serialize_state
 from engine.lm.proxy import kd_loss, proxy_logits, sampling_log_probs
+from engine.lm.samples import continue_all, prompts, side_by_side, to_markdown
 from engine.lm.small import CPU, lm_vocab
 from engine.methods import apply_method, get_method, load_trainable_state, trainable_state
 from engine.models import load_model
@@ -200,7 +201,7 @@ class FedPTServer:
 
     # -- samples -------------------------------------------------------------------------------
     @torch.no_grad()
-    def samples(self, state: dict, memory: Memory, prompt_tokens: int = 16) -> str | None:
+    def samples(self, state: dict, memory: Memory) -> str | None:
         """Greedy continuations of the first test texts by the base and the proxy-tuned large LM,
         as markdown (None when fedpt.generate is 0)."""
         from engine.models import load_tokenizer
@@ -218,16 +219,10 @@ class FedPTServer:
             return proxy_logits(large(ids), self.tuned(input_ids=ids).logits,
                                 self.base(input_ids=ids).logits, self.f.alpha)  # fmt: skip
 
-        lines = [f"# Greedy samples ({self.cfg.name})", ""]
-        for r in range(min(self.f.generate, len(self.test))):
-            ids = self.test.ids[self.test.offsets[r] : self.test.offsets[r + 1]][:prompt_tokens]
-            prompt = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
-            lines += [f"## Sample {r + 1}", "", f"prompt: {tok.decode(ids)!r}", ""]
-            for name, fn in (("base large", large), ("proxy-tuned large", proxy)):
-                out = _greedy(fn, prompt, self.f.generate_tokens)[0].cpu()
-                lines += [f"- {name}: {tok.decode(out)!r}"]
-            lines.append("")
-        return "\n".join(lines)
+        ids, n = prompts(self.test, self.f.generate), self.f.generate_tokens
+        outs = {name: continue_all(fn, ids, tok.decode, n, self.device)
+                for name, fn in (("base large", large), ("proxy-tuned large", proxy))}  # fmt: skip
+        return to_markdown(self.cfg.name, side_by_side(ids, tok.decode, outs))
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -250,15 +245,6 @@ class FedPTServer:
         if self._fixed is None:
             self._fixed = {k: v for k, v in out.items() if "proxy" not in k}
         return {**out, **self._fixed}
-
-
-def _greedy(next_logits, prompt: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Greedy continuation of prompt [1, t] for `tokens` steps; next_logits(ids) -> [1, t, V]."""
-    ids = prompt
-    for _ in range(tokens):
-        nxt = next_logits(ids)[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], dim=1)
-    return ids[:, prompt.shape[1] :]
 
 
 def _add(acc: list, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:

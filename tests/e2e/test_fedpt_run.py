@@ -202,3 +202,42 @@ def test_proxy_from_clients_resumes_exactly_with_its_memory(monkeypatch_module, 
     assert [r[loss] for r in got] == pytest.approx([r[loss] for r in expected], rel=1e-4)
     drop = lambda rs: [{k: v for k, v in r.items() if k != loss} for r in rs]  # noqa: E731
     assert drop(got) == drop(expected)
+
+
+def test_samples_of_a_direct_run_continue_fedpts_prompts_and_share_its_base(
+    fedpt_run: Path, tmp_path: Path, capsys
+) -> None:
+    """`fedray samples` on the large LM tuned directly (fedavg, same data): the same prompts as the
+    FedPT run's samples, and the same greedy continuation by the same base model (the black box)."""
+    from engine.lm.samples import from_markdown, merge
+
+    direct = start_run(
+        _cfg(**{"algorithm": "fedavg", "federation.rounds": 1}),
+        out=str(tmp_path / "direct"),
+        backend=LocalBackend(),
+    )
+    capsys.readouterr()
+    f = _cfg().fedpt
+    assert (
+        main(["samples", str(direct), "--n", str(f.generate), "--tokens", str(f.generate_tokens)])
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == str(direct / "samples.md")
+    ours = from_markdown((direct / "samples.md").read_text())
+    fedpt = from_markdown((fedpt_run / "samples.md").read_text())
+    both = merge(fedpt, ours)  # raises unless the prompts are equal
+    assert len(both) == 3
+    for _, outs in both:
+        assert outs["base"] == outs["base large"]
+        assert set(outs) == {"base", "tuned (fedavg, lora)", "base large", "proxy-tuned large"}
+    # a FedPT run, a run dir without checkpoints, and a non-run are refused in one line, exit 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text((direct / "config.yaml").read_text())
+    for bad, expected in (
+        (fedpt_run, "FedPT writes its samples.md itself"),
+        (tmp_path / "empty", "has no checkpoint yet"),
+        (tmp_path, "holds no config.yaml"),
+    ):
+        assert main(["samples", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
