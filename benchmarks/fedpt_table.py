@@ -301,7 +301,8 @@ def side_by_side_samples(fedpt: dict[str, Any], direct: dict[str, Any], path: Pa
     """Greedy samples of the base, proxy-tuned and directly tuned large LM on the same prompts
     (FedPT's samples.md and `fedray samples` on the direct run), written to `path`."""
     from engine.config import load_config
-    from engine.lm.samples import from_markdown, merge, run_samples, to_markdown
+    from engine.lm.samples import from_markdown, merge, to_markdown
+    from engine.run_samples import run_samples
 
     fedpt_dir = Path(fedpt["run_dir"])
     if not (fedpt_dir / "samples.md").is_file():

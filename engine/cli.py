@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tune":
             _tune(args)
         elif args.command == "samples":
-            from engine.lm.samples import run_samples
+            from engine.run_samples import run_samples
 
             print(run_samples(args.run_dir, args.n, args.tokens))
         elif args.command == "report":
