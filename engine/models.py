@@ -186,6 +186,34 @@ def fit_images(model: torch.nn.Module) -> None:
     embeddings.register_forward_pre_hook(adapt, with_kwargs=True)
 
 
+def _auto_class(name: str, task: str):
+    """The transformers Auto class that builds `name` for `task`."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
+
+    if task != "classification":
+        return AutoModelForCausalLM
+    return (
+        AutoModelForImageClassification
+        if is_image_model(name)
+        else AutoModelForSequenceClassification
+    )
+
+
+def _finish(model: torch.nn.Module, name: str, task: str, pad_token_id: int | None, pooling: str):
+    """What every fedray model gets after it is built: image fitting, a pad id, the pooling."""
+    if model.config.model_type in IMAGE_MODEL_TYPES:
+        fit_images(model)
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    if task == "classification" and pooling == "mean" and not use_mean_pooling(model):
+        raise ConfigError("model.pooling", f"{name} has no pooler to replace; use pooling: cls")
+    return model
+
+
 def load_model(
     name: str,
     task: str,
@@ -196,12 +224,6 @@ def load_model(
     pooling: str = "cls",
 ) -> torch.nn.Module:
     """Build the base model; seeded so randomly initialised parts are identical in every process."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-    )
-
     torch.manual_seed(seed)
     if name in TINY_MODELS:
         model = TINY_MODELS.get(name)(task, num_labels, vocab_size)
@@ -209,21 +231,53 @@ def load_model(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         path = resolve_model_path(name)
         if task == "classification":
-            auto = (
-                AutoModelForImageClassification
-                if is_image_model(name)
-                else AutoModelForSequenceClassification
-            )
-            model = auto.from_pretrained(path, num_labels=num_labels)
+            model = _auto_class(name, task).from_pretrained(path, num_labels=num_labels)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    if model.config.model_type in IMAGE_MODEL_TYPES:
-        fit_images(model)
-    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = pad_token_id
-    if task == "classification" and pooling == "mean" and not use_mean_pooling(model):
-        raise ConfigError("model.pooling", f"{name} has no pooler to replace; use pooling: cls")
-    return model
+            model = _auto_class(name, task).from_pretrained(path, dtype=torch.float32)
+    return _finish(model, name, task, pad_token_id, pooling)
+
+
+def model_skeleton(
+    name: str, task: str, num_labels: int, vocab_size: int, pad_token_id: int | None, pooling: str
+) -> torch.nn.Module:
+    """The model `load_model` builds, on the meta device: its modules and shapes, no weights (a
+    1.5B LM in a fraction of a second). A task the architecture cannot do is a ConfigError."""
+    with torch.device("meta"):
+        if name in TINY_MODELS:
+            model = TINY_MODELS.get(name)(task, num_labels, vocab_size)
+        else:
+            from transformers import AutoConfig
+
+            conf = AutoConfig.from_pretrained(resolve_model_path(name))
+            if task == "classification":
+                conf.num_labels = num_labels
+            try:
+                model = _auto_class(name, task).from_config(conf)
+            except ValueError as exc:  # transformers: no such head for this configuration class
+                raise ConfigError(
+                    "model.task",
+                    f"{name} ({conf.model_type}) cannot do {task}: transformers has no "
+                    f"{_auto_class(name, task).__name__[4:]} for it; use another model or task",
+                ) from exc
+        return _finish(model, name, task, pad_token_id, pooling)
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """How many token positions the model can embed (None: no fixed limit it declares).
+
+    Learned position tables count (less the padding offset RoBERTa-style tables reserve); a model
+    without one (rotary, ALiBi) gives its config's max_position_embeddings / n_positions.
+    """
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            pad = module.padding_idx
+            return module.num_embeddings - (pad + 1 if pad is not None else 0)
+    conf = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(conf, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _short(exc: Exception) -> str:

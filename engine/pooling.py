@@ -1,4 +1,5 @@
-"""Sentence pooling for encoder classifiers: the [CLS] pooler or the masked mean a sentence encoder was trained with."""
+"""Sentence pooling for classifiers: the model's own (first-token / [CLS], or a decoder's last token)
+or the masked mean a sentence encoder was trained with, for any architecture."""
 
 from __future__ import annotations
 
@@ -52,12 +53,37 @@ class MaskedMeanPooler(torch.nn.Module):
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+class MeanOverPositions(MaskedMeanPooler):
+    """A forward hook on a base model: its last hidden states [b, t, h] become their masked mean at
+    every position, so the family's own head reads the mean wherever it looks (the first token for
+    RoBERTa, DeBERTa, MPNet or DistilBERT, the last real token for a decoder)."""
+
+    def replace(self, _module, _args, _kwargs, output):
+        states = output[0]
+        mean = self(states).unsqueeze(1).expand_as(states)
+        if isinstance(output, tuple):
+            return (mean, *output[1:])
+        output.last_hidden_state = mean
+        return output
+
+
 def use_mean_pooling(model: torch.nn.Module) -> bool:
-    """Swap the [CLS] pooler of a BERT-style classifier for masked mean pooling; False if it has none."""
-    for child in model.children():
-        if getattr(child, "pooler", None) is not None:
-            pooler = MaskedMeanPooler()
-            child.pooler = pooler
-            child.register_forward_pre_hook(pooler.capture, with_kwargs=True)
-            return True
-    return False
+    """Masked mean pooling for a classifier of any family. A pooler that takes the whole sequence
+    (BERT's) is replaced by the mean; otherwise the token states the pooler or head reads (the
+    encoder's output under a Linear pooler, as in ALBERT, else the base model's output) become their mean at
+    every position. False if the model has no base model apart from its head."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return False
+    pooler = getattr(base, "pooler", None)
+    if pooler is not None and not isinstance(pooler, torch.nn.Linear):  # a Linear reads token 0
+        mean = MaskedMeanPooler()
+        base.pooler = mean
+        base.register_forward_pre_hook(mean.capture, with_kwargs=True)
+        return True
+    # A Linear pooler inside the base model (ALBERT's) reads the encoder's output: the mean goes there.
+    states = base.encoder if pooler is not None and hasattr(base, "encoder") else base
+    hook = MeanOverPositions()
+    base.register_forward_pre_hook(hook.capture, with_kwargs=True)
+    states.register_forward_hook(hook.replace, with_kwargs=True)
+    return True

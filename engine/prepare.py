@@ -20,6 +20,7 @@ from engine.data.sources import (
 )
 from engine.errors import ConfigError
 from engine.methods import get_method
+from engine.model_check import check_model
 from engine.models import check_model_loadable, is_image_model, load_tokenizer
 from engine.train import TrainSpec
 
@@ -148,9 +149,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(
             "federation.num_clients", f"clients {empty[:5]} get no data; use fewer clients"
         )
+    pad_id = int(tok.pad_token_id) if tok is not None else 0
+    vocab_size = len(tok) if tok is not None else 0
+    check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
     train, test = _encode_splits(cfg, splits, tok)
     hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
-    pad_id = int(tok.pad_token_id) if tok is not None else 0
     method = get_method(cfg.method.name)
     lr = cfg.train.lr or cfg.method.lr or method.default_lr
     if cfg.algorithm == "sfprompt":  # the method section does not apply: prompts + tail train
@@ -186,7 +189,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         train_spec=spec,
         lr=lr,
         pad_id=pad_id,
-        vocab_size=len(tok) if tok is not None else 0,
+        vocab_size=vocab_size,
     )
 
 

@@ -9,7 +9,8 @@ import torch
 
 from engine.errors import ConfigError
 from engine.methods.base import Method, MethodParams
-from engine.methods.common import check_task, model_type, wrap_with_peft
+from engine.methods.common import check_task, head_names, model_type, wrap_with_peft
+from engine.methods.targets import check_targets
 
 
 class IA3Params(MethodParams):
@@ -45,6 +46,8 @@ def apply_ia3(
     from peft import IA3Config
 
     check_task(task)
+    if target_modules is not None:
+        check_targets(model, target_modules, tuple(head_names(model, task)))
     if target_modules is not None and feedforward_modules is None:
         # peft would take its default feed-forward list, which need not lie within the targets.
         feedforward_modules = [m for m in _peft_feedforward_default(model) if m in target_modules]

@@ -8,13 +8,13 @@ import pydantic
 import torch
 
 from engine.methods.base import Method, MethodParams
-from engine.methods.common import check_task, family, wrap_with_peft
+from engine.methods.common import check_task, family, head_names, wrap_with_peft
+from engine.methods.targets import attention_query_value, check_targets, no_targets
 
-# BERT: peft's own default (query, value), as in the LoRA paper and FedPETuning.
-# Llama: every attention and MLP projection, the usual choice for causal LMs (QLoRA).
+# Llama's family: every attention and MLP projection, the usual choice for causal LMs (QLoRA).
+# Every other architecture: the attention's query and value projections, as in the LoRA paper and
+# FedPETuning, found by their names (engine/methods/targets.py).
 DEFAULT_TARGETS = {
-    "bert": ["query", "value"],
-    "vit": ["q_proj", "v_proj"],  # transformers 5 names ViT attention like llama
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
@@ -24,7 +24,7 @@ class LoraParams(MethodParams):
     r: int = pydantic.Field(default=8, ge=1)
     alpha: float = pydantic.Field(default=16, gt=0)
     dropout: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
-    # None -> DEFAULT_TARGETS for the architecture, else peft's default for the model type.
+    # None -> DEFAULT_TARGETS for the architecture, else its attention's query and value projections.
     target_modules: list[str] | None = pydantic.Field(default=None, min_length=1)
 
 
@@ -39,7 +39,14 @@ def apply_lora(
     from peft import LoraConfig
 
     check_task(task)
+    skip = tuple(head_names(model, task))
+    if target_modules:
+        check_targets(model, target_modules, skip)
     targets = target_modules or DEFAULT_TARGETS.get(family(model) or "")
+    if not targets:
+        targets = attention_query_value(model, skip)
+        if targets is None:
+            raise no_targets(model, "attention query / value projections", skip)
     return wrap_with_peft(
         model,
         task,
@@ -48,7 +55,7 @@ def apply_lora(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(targets) if targets else None,
+        target_modules=list(targets),
     )
 
 

@@ -1,0 +1,55 @@
+"""Every model-dependent config error, found on the driver before Ray starts or anything is written.
+
+The run's client model is built on the meta device (modules and shapes, no weights) exactly as the
+workers build it, its pooling applied, its positions compared with model.max_length, and its method
+applied: an unsupported pooling, unknown target modules, a missing head, a task the architecture
+cannot do or a length beyond its positions is a one-line ConfigError naming the key and the fix,
+instead of a worker dying in its constructor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import RunConfig
+from engine.errors import ConfigError
+from engine.methods import apply_method, get_method
+from engine.models import model_skeleton, position_limit, resolve_pooling
+
+
+def client_model_name(cfg: RunConfig) -> str:
+    """The model the clients train: FedPT's small LM when it names one, else model.name."""
+    if cfg.algorithm == "fedpt" and cfg.fedpt.small_model is not None:
+        return cfg.fedpt.small_model
+    return cfg.model.name
+
+
+def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None) -> None:
+    """Build the clients' model without weights and apply the run's method to it (see module doc).
+
+    SFPrompt's split model is checked by its own splitter (engine/algorithms/sfprompt.py)."""
+    if cfg.algorithm == "sfprompt":
+        return
+    name, task = client_model_name(cfg), cfg.model.task
+    pooling = resolve_pooling(name, cfg.model.pooling)
+    model = model_skeleton(name, task, num_labels, vocab_size, pad_id, pooling)
+    check_positions(model, name, cfg.model.max_length, virtual_tokens(cfg))
+    params = get_method(cfg.method.name).params_type(**cfg.method.model_dump())
+    with torch.device("meta"):
+        apply_method(model, task, params)
+
+
+def virtual_tokens(cfg: RunConfig) -> int:
+    """Positions a method prepends to every input (prompt tuning's soft tokens), else 0."""
+    return int(getattr(cfg.method, "num_virtual_tokens", 0)) if cfg.method.name == "prompt" else 0
+
+
+def check_positions(model: torch.nn.Module, name: str, max_length: int, extra: int = 0) -> None:
+    limit = position_limit(model)
+    if limit is not None and max_length + extra > limit:
+        soft = f" + {extra} soft prompt tokens" if extra else ""
+        raise ConfigError(
+            "model.max_length",
+            f"{max_length}{soft} positions exceed the {limit} {name} can embed; "
+            f"use model.max_length <= {limit - extra}",
+        )

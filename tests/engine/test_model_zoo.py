@@ -1,0 +1,165 @@
+"""Any model a user brings, by path: default LoRA targets, mean pooling and model errors for many
+architectures (tiny random models saved like a user's checkpoint, tests/zoo.py; no download)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.backend import LocalBackend
+from engine.cli import main
+from engine.config import load_config
+from engine.errors import ConfigError
+from engine.methods import LoraParams, apply_method
+from engine.methods.targets import attention_query_value, no_targets
+from engine.model_check import check_model
+from engine.models import load_model, model_skeleton, position_limit
+from engine.runner import start_run
+from tests.conftest import run_records, tiny_overrides
+from tests.zoo import DECODERS, ENCODERS, VOCAB, save_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART, AUSTEN = (
+    ROOT / "configs" / "quickstart.yaml",
+    ROOT / "configs" / "fedpt" / "austen.yaml",
+)
+# The attention's query / value projections (or fused qkv) each family names its own way.
+EXPECTED_TARGETS = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "distilbert": ["q_lin", "v_lin"],
+    "albert": ["query", "value"], "electra": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"], "mpnet": ["q", "v"],
+    "xlm-roberta": ["query", "value"], "modernbert": ["Wqkv"], "gpt2": ["c_attn"],
+}  # fmt: skip
+LLAMA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+NO_CAUSAL_LM = {"distilbert", "albert", "deberta-v2", "mpnet", "modernbert"}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("zoo")
+    return {t: save_tiny(t, root / t) for t in ENCODERS + DECODERS}
+
+
+def _lora_leaves(model: torch.nn.Module) -> set[str]:
+    return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters()
+            if ".lora_A." in n}  # fmt: skip
+
+
+@pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
+def test_default_lora_targets_are_the_attention_query_and_value(zoo, mtype) -> None:
+    skeleton = model_skeleton(str(zoo[mtype]), "classification", 2, VOCAB, 0, "cls")
+    with torch.device("meta"):
+        model = apply_method(skeleton, "classification", LoraParams())
+    want = set(EXPECTED_TARGETS.get(mtype, LLAMA_TARGETS))
+    assert _lora_leaves(model) == want
+    if mtype in EXPECTED_TARGETS:
+        assert attention_query_value(skeleton) == EXPECTED_TARGETS[mtype]
+
+
+@pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
+def test_mean_pooling_ignores_padding_and_differs_from_cls(zoo, mtype) -> None:
+    mean = load_model(str(zoo[mtype]), "classification", 2, VOCAB, 0, 0, "mean").eval()
+    cls = load_model(str(zoo[mtype]), "classification", 2, VOCAB, 0, 0, "cls").eval()
+    ids, padded = torch.tensor([[5, 6, 7]]), torch.tensor([[5, 6, 7, 0, 0]])
+    a = mean(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    b = mean(input_ids=padded, attention_mask=torch.tensor([[1, 1, 1, 0, 0]])).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a, cls(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+
+
+def test_roberta_head_reads_the_masked_mean_of_the_last_states(zoo) -> None:
+    """By hand: the head applied to the mean of the real tokens' last hidden states."""
+    mean = load_model(str(zoo["roberta"]), "classification", 2, VOCAB, 0, 0, "mean").eval()
+    cls = load_model(str(zoo["roberta"]), "classification", 2, VOCAB, 0, 0, "cls").eval()
+    ids, mask = torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]])
+    with torch.no_grad():
+        states = cls.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = cls.classifier(states[:, :3].mean(1, keepdim=True))
+        got = mean(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mtype", sorted(NO_CAUSAL_LM))
+def test_a_task_the_architecture_cannot_do_is_a_config_error(zoo, mtype) -> None:
+    with pytest.raises(ConfigError, match="model.task: .* cannot do causal_lm"):
+        model_skeleton(str(zoo[mtype]), "causal_lm", 0, VOCAB, 0, "cls")
+
+
+def test_no_recognisable_projection_names_the_linear_modules() -> None:
+    class Odd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix_in, self.mix_out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    assert attention_query_value(Odd()) is None
+    err = str(no_targets(Odd(), "attention query / value projections"))
+    assert err.startswith("method.target_modules: ") and "mix_in, mix_out" in err
+
+
+def test_position_limits_count_learned_tables_less_their_padding_offset(zoo) -> None:
+    sk = lambda t: model_skeleton(str(zoo[t]), "classification", 2, VOCAB, 0, "cls")  # noqa: E731
+    assert position_limit(sk("bert")) == 512
+    assert position_limit(sk("roberta")) == 512 - 1  # RoBERTa's table starts after pad id 0
+    assert position_limit(sk("llama")) == 512  # rotary: the config's declared maximum
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["method.target_modules=[nope]"],
+            "method.target_modules: ['nope'] match no module of mpnet; its linear modules: q, k, v, o",
+        ),
+        (["model.max_length=600"], "model.max_length: 600 positions exceed the 510"),
+        (
+            ["method={name: prompt, num_virtual_tokens: 20}", "model.max_length=500"],
+            "model.max_length: 500 + 20 soft prompt tokens",
+        ),  # fmt: skip
+        (
+            ["method={name: adapter}"],
+            "method.target_modules: no default adapter positions for mpnet",
+        ),
+    ],
+)
+def test_model_errors_exit_2_in_one_line_before_anything_starts(
+    zoo, tmp_path, capsys, overrides, expected
+) -> None:
+    out = tmp_path / "run"
+    ov = tiny_overrides(**{"model.name": str(zoo["mpnet"])})
+    code = main(["run", str(QUICKSTART), *ov, *overrides, "--out", str(out), "--in-process"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()
+
+
+TRAIN = {"federation.rounds": 1, "federation.num_clients": 2, "federation.clients_per_round": 2,
+         "train.local_steps": 1, "model.max_length": 32, "data.max_train_samples": 32,
+         "data.max_test_samples": 16}  # fmt: skip
+
+
+@pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
+def test_every_architecture_trains_a_lora_round_by_path(zoo, tmp_path, mtype) -> None:
+    cfg = load_config(QUICKSTART, tiny_overrides(**{"model.name": str(zoo[mtype]), **TRAIN}))
+    (rec,) = run_records(start_run(cfg, out=str(tmp_path / "cls"), backend=LocalBackend()))
+    assert math.isfinite(rec["train/loss"]) and 0 <= rec["eval/accuracy"] <= 1
+    if mtype in DECODERS:  # and as causal LMs on the Austen novels
+        ov = tiny_overrides(**{"model.name": str(zoo[mtype]), **TRAIN, "algorithm": "fedavg",
+                               "data.partition.kind": "natural", "data.partition.alpha": None,
+                               "federation.num_clients": 6})  # fmt: skip
+        lm = load_config(AUSTEN, ov)
+        (rec,) = run_records(start_run(lm, out=str(tmp_path / "lm"), backend=LocalBackend()))
+        assert math.isfinite(rec["eval/perplexity"])
+
+
+def test_check_model_applies_the_method_to_fedpts_small_model(zoo) -> None:
+    cfg = load_config(AUSTEN, tiny_overrides(**{"model.name": str(zoo["qwen2"]),
+                                                "fedpt.small_model": str(zoo["llama"]),
+                                                "method.target_modules": "[nope]",
+                                                "data.partition.kind": "natural",
+                                                "data.partition.alpha": None}))  # fmt: skip
+    with pytest.raises(ConfigError, match="method.target_modules"):
+        check_model(cfg, 0, VOCAB, 0)
