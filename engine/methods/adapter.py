@@ -15,15 +15,9 @@ from torch import nn
 
 from engine.errors import ConfigError
 from engine.methods.base import Method, MethodParams
-from engine.methods.common import check_task, family, head_names, model_type, train_only
+from engine.methods.common import check_task, head_names, model_type, train_only
+from engine.methods.targets import adapter_positions, is_linear, linear_leaves, matches, no_targets
 
-# Suffixes of the projections an adapter follows. BERT's `output.dense` also matches
-# `attention.output.dense`; both are listed to say what is meant.
-DEFAULT_TARGETS = {
-    "bert": ["attention.output.dense", "output.dense"],
-    "llama": ["self_attn.o_proj", "mlp.down_proj"],
-    "vit": ["attention.o_proj", "mlp.fc2"],
-}
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -31,7 +25,8 @@ class AdapterParams(MethodParams):
     name: Literal["adapter"] = "adapter"
     dim: int = pydantic.Field(default=16, ge=1)  # bottleneck size
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
-    # None -> DEFAULT_TARGETS for the architecture; names match as dotted suffixes of module names.
+    # None -> the attention and feed-forward output projections, found by name (methods/targets.py);
+    # names match as dotted suffixes of module names.
     target_modules: list[str] | None = pydantic.Field(default=None, min_length=1)
 
 
@@ -56,14 +51,11 @@ class AdaptedLinear(nn.Module):
     def __init__(self, base: nn.Linear, dim: int, activation: str) -> None:
         super().__init__()
         self.base = base
-        self.adapter = Bottleneck(base.out_features, dim, activation, base.weight)
+        out = base.out_features if isinstance(base, nn.Linear) else base.nf  # GPT-2's Conv1D
+        self.adapter = Bottleneck(out, dim, activation, base.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.base(x))
-
-
-def _matches(name: str, suffixes: list[str]) -> bool:
-    return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 def _targets(model: nn.Module, task: str, suffixes: list[str]) -> list[str]:
@@ -71,7 +63,7 @@ def _targets(model: nn.Module, task: str, suffixes: list[str]) -> list[str]:
     return [
         n
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and _matches(n, suffixes) and n.split(".")[0] not in heads
+        if is_linear(m) and any(matches(n, s) for s in suffixes) and n.split(".")[0] not in heads
     ]
 
 
@@ -83,17 +75,16 @@ def apply_adapter(
     target_modules: list[str] | None = None,
 ) -> nn.Module:
     check_task(task)
-    suffixes = target_modules or DEFAULT_TARGETS.get(family(model) or "")
+    skip = tuple(head_names(model, task))
+    suffixes = target_modules or adapter_positions(model, skip)
     if not suffixes:
-        raise ConfigError(
-            "method.target_modules",
-            f"no default adapter positions for {model_type(model)}; set target_modules "
-            "(suffixes of the attention and FFN output projections' module names)",
-        )
+        raise no_targets(model, "attention and feed-forward output projections", skip)
     names = _targets(model, task, list(suffixes))
     if not names:
         raise ConfigError(
-            "method.target_modules", f"no nn.Linear of {model_type(model)} matches {suffixes}"
+            "method.target_modules",
+            f"no linear module of {model_type(model)} matches {suffixes}; its linear modules: "
+            f"{', '.join(linear_leaves(model, skip))}",
         )
     for name in names:  # named_modules order, so the adapters' init draws are deterministic
         parent_name, _, child = name.rpartition(".")

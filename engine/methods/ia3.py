@@ -7,16 +7,16 @@ from typing import Literal
 import pydantic
 import torch
 
-from engine.errors import ConfigError
 from engine.methods.base import Method, MethodParams
 from engine.methods.common import check_task, head_names, model_type, wrap_with_peft
-from engine.methods.targets import check_targets
+from engine.methods.targets import check_targets, ia3_modules, no_targets
 
 
 class IA3Params(MethodParams):
     name: Literal["ia3"] = "ia3"
     # None -> peft's defaults for the model type (BERT: key, value, output.dense; Llama: k_proj,
-    # v_proj, down_proj, with output.dense / down_proj as feed-forward modules).
+    # v_proj, down_proj, with output.dense / down_proj as feed-forward modules); for a type peft does
+    # not list, its keys, values and feed-forward output found by name (methods/targets.py).
     target_modules: list[str] | None = pydantic.Field(default=None, min_length=1)
     feedforward_modules: list[str] | None = None
 
@@ -52,10 +52,13 @@ def apply_ia3(
         # peft would take its default feed-forward list, which need not lie within the targets.
         feedforward_modules = [m for m in _peft_feedforward_default(model) if m in target_modules]
     if target_modules is None and not _peft_feedforward_default(model):
-        raise ConfigError(
-            "method.target_modules",
-            f"peft has no default (IA)^3 modules for {model_type(model)}; set target_modules",
-        )
+        # peft knows no modules for this architecture: keys, values and FFN output, by name
+        found = ia3_modules(model, tuple(head_names(model, task)))
+        if found is None:
+            raise no_targets(
+                model, "keys, values and a feed-forward output", tuple(head_names(model, task))
+            )
+        target_modules, feedforward_modules = found
     return wrap_with_peft(
         model,
         task,

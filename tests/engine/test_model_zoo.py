@@ -59,6 +59,55 @@ def test_default_lora_targets_are_the_attention_query_and_value(zoo, mtype) -> N
         assert attention_query_value(skeleton) == EXPECTED_TARGETS[mtype]
 
 
+ADAPTER_AT = {
+    "bert": {"attention.output.dense", "output.dense"}, "distilbert": {"attention.out_lin", "ffn.lin2"},
+    "albert": {"attention.dense", "ffn_output"}, "mpnet": {"attention.attn.o", "output.dense"},
+    "modernbert": {"attn.Wo", "mlp.Wo"}, "llama": {"self_attn.o_proj", "mlp.down_proj"},
+    "gpt2": {"attn.c_proj", "mlp.c_proj"},
+}  # fmt: skip
+IA3_AT = {
+    "distilbert": {"attention.k_lin", "attention.v_lin", "ffn.lin2"},
+    "albert": {"attention.key", "attention.value", "ffn_output"},
+    "mpnet": {"attention.attn.k", "attention.attn.v", "output.dense"},
+    "modernbert": {"attn.Wqkv", "mlp.Wo"}, "electra": {"attention.self.key",
+    "attention.self.value", "attention.output.dense", "output.dense"},
+}  # fmt: skip
+
+
+def _first_block(name: str) -> str | None:
+    """'...layer.0.attention.out_lin.adapter.up.weight' -> 'attention.out_lin' (block 0 only)."""
+    for marker in ("layer.0.", "layers.0.", "h.0.", "albert_layers.0."):
+        if marker in name:
+            rest = name.split(marker, 1)[1]
+            return rest.split(".adapter.")[0].split(".ia3_l")[0]
+    return None
+
+
+@pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
+@pytest.mark.parametrize("method", ["adapter", "ia3"])
+def test_adapter_and_ia3_defaults_start_as_the_base_model_and_train(zoo, mtype, method) -> None:
+    """Found by name on every architecture; at init the adapted model computes what the base does
+    (adapters' up projection is zero, (IA)^3's scales are one), and a step moves only the method."""
+    from engine.methods import get_method
+
+    base = load_model(str(zoo[mtype]), "classification", 2, VOCAB, 0, 0, "cls").eval()
+    ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    want = base(input_ids=ids, attention_mask=mask).logits.detach()
+    model = apply_method(base, "classification", get_method(method).params_type(name=method))
+    got = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    expected = (ADAPTER_AT if method == "adapter" else IA3_AT).get(mtype)
+    if expected is not None:
+        names = {_first_block(n) for n, p in model.named_parameters() if p.requires_grad}
+        assert names - {None} == expected
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1])).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n
+             and "score" not in n]  # fmt: skip
+    assert grads and any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
 @pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
 def test_mean_pooling_ignores_padding_and_differs_from_cls(zoo, mtype) -> None:
     mean = load_model(str(zoo[mtype]), "classification", 2, VOCAB, 0, 0, "mean").eval()
@@ -119,8 +168,8 @@ def test_position_limits_count_learned_tables_less_their_padding_offset(zoo) -> 
             "model.max_length: 500 + 20 soft prompt tokens",
         ),  # fmt: skip
         (
-            ["method={name: adapter}"],
-            "method.target_modules: no default adapter positions for mpnet",
+            ["method={name: adapter, target_modules: [output.nope]}"],
+            "method.target_modules: no linear module of mpnet matches ['output.nope']",
         ),
     ],
 )
