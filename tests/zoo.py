@@ -20,13 +20,16 @@ SIZES = {
 }  # fmt: skip
 
 
+IMAGES = {"image_size": 28, "patch_size": 7, "num_channels": 1}  # fashion_mnist's 28x28 grayscale
+
+
 def tiny_config(model_type: str):
     """A two-layer, 32-wide config of `model_type` (the keys it does not have are left out)."""
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]
     default = cls()
-    return cls(**{k: v for k, v in SIZES.items() if hasattr(default, k)})
+    return cls(**{k: v for k, v in {**SIZES, **IMAGES}.items() if hasattr(default, k)})
 
 
 def save_tiny(model_type: str, path: Path, mean_pooling: bool = False, seed: int = 0) -> Path:
@@ -34,11 +37,12 @@ def save_tiny(model_type: str, path: Path, mean_pooling: bool = False, seed: int
     mean_pooling, the sentence-transformers declaration of mean pooling (1_Pooling/config.json)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from engine.models import TINY_TOKENIZER, resolve_model_path
+    from engine.models import IMAGE_MODEL_TYPES, TINY_TOKENIZER, resolve_model_path
 
     torch.manual_seed(seed)
     AutoModel.from_config(tiny_config(model_type)).save_pretrained(path)
-    AutoTokenizer.from_pretrained(resolve_model_path(TINY_TOKENIZER)).save_pretrained(path)
+    if model_type not in IMAGE_MODEL_TYPES:
+        AutoTokenizer.from_pretrained(resolve_model_path(TINY_TOKENIZER)).save_pretrained(path)
     if mean_pooling:
         (path / "1_Pooling").mkdir()
         (path / "1_Pooling" / "config.json").write_text(

@@ -47,9 +47,10 @@ def head_names(model: torch.nn.Module, task: str) -> list[str]:
         return []
     names = [n for n, _ in model.named_children() if n in HEAD_NAMES]
     if not names:
-        raise ValueError(
-            f"{type(model).__name__} has no classification head ({', '.join(HEAD_NAMES)}); "
-            "load it with AutoModelForSequenceClassification"
+        raise ConfigError(
+            "model.name",
+            f"{type(model).__name__} has no classification head ({', '.join(HEAD_NAMES)}) fedray "
+            "can train; use a model transformers builds with AutoModelForSequenceClassification",
         )
     return names
 

@@ -131,6 +131,18 @@ def test_roberta_head_reads_the_masked_mean_of_the_last_states(zoo) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_saved_vit_trains_a_lora_round_on_images_by_path(tmp_path) -> None:
+    vit = save_tiny("vit", tmp_path / "my-vit")
+    skeleton = model_skeleton(str(vit), "classification", 10, 0, None, "cls")
+    with torch.device("meta"):
+        assert _lora_leaves(apply_method(skeleton, "classification", LoraParams())) == {
+            "q_proj", "v_proj"}  # fmt: skip
+    ov = tiny_overrides(**{"model.name": str(vit), **TRAIN, "algorithm": "fedavg"})
+    cfg = load_config(ROOT / "configs" / "sfprompt" / "fashion_mnist.yaml", ov)
+    (rec,) = run_records(start_run(cfg, out=str(tmp_path / "run"), backend=LocalBackend()))
+    assert math.isfinite(rec["train/loss"]) and 0 <= rec["eval/accuracy"] <= 1
+
+
 @pytest.mark.parametrize("mtype", sorted(NO_CAUSAL_LM))
 def test_a_task_the_architecture_cannot_do_is_a_config_error(zoo, mtype) -> None:
     with pytest.raises(ConfigError, match="model.task: .* cannot do causal_lm"):

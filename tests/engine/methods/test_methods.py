@@ -214,8 +214,9 @@ def test_bitfit_refuses_a_model_without_biases():
 def test_bad_task_and_missing_head_are_errors():
     with pytest.raises(ValueError, match="unknown task"):
         apply_method(base_model("bert"), "regression", LoraParams())
-    with pytest.raises(ValueError, match="no classification head"):
+    with pytest.raises(ConfigError, match="no classification head") as err:
         apply_method(base_model("llama"), "classification", BitFitParams())
+    assert err.value.key == "model.name"
 
 
 def test_lora_has_default_targets_for_vit() -> None:
