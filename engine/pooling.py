@@ -84,6 +84,9 @@ def use_mean_pooling(model: torch.nn.Module) -> bool:
     # A Linear pooler inside the base model (ALBERT's) reads the encoder's output: the mean goes there.
     states = base.encoder if pooler is not None and hasattr(base, "encoder") else base
     hook = MeanOverPositions()
+    model.mean_pooled_states = (
+        True  # SFPrompt's tail, which runs the head without the base, reads it
+    )
     base.register_forward_pre_hook(hook.capture, with_kwargs=True)
     states.register_forward_hook(hook.replace, with_kwargs=True)
     return True

@@ -13,8 +13,8 @@ ENCODERS = ["bert", "roberta", "distilbert", "albert", "electra", "deberta-v2", 
 DECODERS = ["llama", "qwen2", "gemma", "gpt2"]
 VOCAB = 30522  # the embedded tokenizer's
 SIZES = {
-    "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-    "num_key_value_heads": 1, "head_dim": 16, "embedding_size": 32, "n_layer": 2, "n_embd": 32,
+    "num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 16, "embedding_size": 32, "n_layer": 3, "n_embd": 32,
     "n_head": 2, "vocab_size": VOCAB, "pad_token_id": 0, "global_attn_every_n_layers": 1,
     "max_position_embeddings": 512,
 }  # fmt: skip
@@ -24,7 +24,7 @@ IMAGES = {"image_size": 28, "patch_size": 7, "num_channels": 1}  # fashion_mnist
 
 
 def tiny_config(model_type: str):
-    """A two-layer, 32-wide config of `model_type` (the keys it does not have are left out)."""
+    """A three-layer, 32-wide config of `model_type` (the keys it does not have are left out)."""
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from engine.client import WorkerSpec, load_base
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.models import TINY_MODELS, resolve_model_path
+from engine.models import model_skeleton, resolve_pooling
 from engine.split.client import SplitPlan
-from engine.split.model import Body, SplitSpec, check_split_shape, split_model
+from engine.split.model import Body, SplitSpec, check_split, split_model
 from engine.split.server import ServerLost, ServerSpec
 
 # Prompts and a freshly initialised classifier learn at prompt-tuning rates (FedPETuning's
@@ -70,23 +72,14 @@ def check_sfprompt(cfg: RunConfig) -> None:
             "bf16 needs the body server on a GPU: set server.num_gpus (e.g. 1), or use auto "
             "(bf16 wherever the server's GPU supports it) or fp32",
         )
-    mtype, depth, budget = _model_shape(cfg.model.name)
     spec = SplitSpec(s.head_layers, s.tail_layers, s.prompt_length)
-    check_split_shape(mtype, depth, budget, spec, cfg.model.max_length)
+    check_split(split_skeleton(cfg), spec, cfg.model.max_length)
 
 
-def _model_shape(name: str) -> tuple[str, int, int | None]:
-    if name in TINY_MODELS:
-        conf = TINY_MODELS.get(name)("classification", 2, 8).config
-    else:
-        from transformers import AutoConfig
-
-        conf = AutoConfig.from_pretrained(resolve_model_path(name))
-    return (
-        str(conf.model_type),
-        int(conf.num_hidden_layers),
-        getattr(conf, "max_position_embeddings", None),
-    )
+def split_skeleton(cfg: RunConfig) -> torch.nn.Module:
+    """The model SFPrompt splits, on the meta device (no weights), pooled as the run asks."""
+    name = cfg.model.name
+    return model_skeleton(name, "classification", 2, 8, 0, resolve_pooling(name, cfg.model.pooling))
 
 
 def build_body(spec: WorkerSpec, plan: SplitPlan) -> Body:

@@ -1,8 +1,14 @@
-"""Split an encoder classifier (BERT family, ViT) into a prompted client head, a server body and a client tail.
+"""Split an encoder classifier into a prompted client head, a server body and a client tail.
 
     head = embeddings (+ soft prompts after the first token) + the first `head_layers` blocks
     body = the middle blocks (frozen, on the server)
-    tail = the last `tail_layers` blocks + final norm / pooler + classifier
+    tail = the last `tail_layers` blocks + pooling + the model's own classification head
+
+Any encoder splits whose blocks form one `nn.ModuleList` of `num_hidden_layers` blocks inside its
+base model (found, not listed by family) and run as `block(hidden, mask)`: BERT, RoBERTa,
+XLM-RoBERTa, ELECTRA, DistilBERT, ViT and the models built like them. Blocks that also need
+context their encoder computes (DeBERTa's relative positions, MPNet's position bias, ModernBERT's
+rotary embeddings) or that are shared (ALBERT) are refused with the reason.
 
 The unsplit reference is `tail(body(head(x)))`; the split path runs the same modules, only in
 three places. Prompts are inserted after the [CLS] token (as in VPT), so [CLS] pooling and the
@@ -11,19 +17,22 @@ real tokens' position embeddings are unchanged.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from engine.errors import ConfigError
-from engine.methods.common import BERT_FAMILY, model_type
+from engine.methods.common import model_type
+from engine.models import IMAGE_MODEL_TYPES, position_limit
 from engine.pooling import MaskedMeanPooler
 
-# model_type -> attribute of the base model inside the task model
-_BASES = {**{t: t.replace("-", "_") for t in BERT_FAMILY}, "vit": "vit"}
-_BASES["xlm-roberta"] = "roberta"
-_BASES["camembert"] = "roberta"
+# Block arguments that carry context the encoder computes once for all blocks: a block that takes
+# one cannot run from hidden states and a mask alone.
+ENCODER_CONTEXT = ("relative_pos", "rel_embeddings", "position_bias", "position_embeddings",
+                   "rotary_pos_emb", "position_ids", "sliding_window_mask")  # fmt: skip
+SPLITTABLE = "BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, ViT and encoders built like them"
 
 
 @dataclass(frozen=True)
@@ -33,51 +42,49 @@ class SplitSpec:
     prompt_length: int = 10
 
 
-def supported(model: nn.Module) -> bool:
-    return model_type(model) in _BASES
-
-
-def depth(model: nn.Module) -> int:
-    return len(_blocks(_base(model)))
-
-
-def _blocks(base: nn.Module) -> nn.ModuleList:
-    """The transformer blocks: BERT keeps them in encoder.layer, ViT (transformers 5) in layers."""
-    encoder = getattr(base, "encoder", None)
-    return encoder.layer if encoder is not None else base.layers
+def _refuse(model: nn.Module, why: str) -> ConfigError:
+    return ConfigError(
+        "model.name", f"SFPrompt cannot split {model_type(model)}: {why}; it splits {SPLITTABLE}"
+    )
 
 
 def _base(model: nn.Module) -> nn.Module:
-    mtype = model_type(model)
-    if mtype not in _BASES:
-        raise ConfigError(
-            "model.name",
-            f"SFPrompt cannot split a {mtype!r} model; use a BERT-family or ViT classifier",
-        )
-    return getattr(model, _BASES[mtype])
+    base = getattr(model, "base_model", model)
+    if base is model:
+        raise _refuse(model, "it has no base model apart from its head")
+    return base
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    """The base model's one list of num_hidden_layers blocks that each run as block(hidden, mask)."""
+    base = _base(model)
+    n = int(getattr(model.config, "num_hidden_layers", 0))
+    found = [m for _, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n > 0]
+    if not found:
+        raise _refuse(model, f"no single list of its {n} blocks (are they shared or grouped?)")
+    blocks = found[0]
+    params = inspect.signature(blocks[0].forward).parameters
+    context = [p for p in ENCODER_CONTEXT if p in params]
+    if context:
+        raise _refuse(model, f"its blocks also take {', '.join(context)}, computed by its encoder")
+    return blocks
+
+
+def depth(model: nn.Module) -> int:
+    return len(_blocks(model))
 
 
 def check_split(model: nn.Module, spec: SplitSpec, max_length: int | None) -> None:
-    """Refuse a split with an empty body, or prompts the model's position budget cannot hold."""
-    budget = getattr(model.config, "max_position_embeddings", None)
-    check_split_shape(model_type(model), depth(model), budget, spec, max_length)
-
-
-def check_split_shape(
-    mtype: str, n: int, budget: int | None, spec: SplitSpec, max_length: int | None
-) -> None:
-    """`check_split` from the model's config alone (type, number of blocks, position budget)."""
-    if mtype not in _BASES:
-        raise ConfigError(
-            "model.name",
-            f"SFPrompt cannot split a {mtype!r} model; use a BERT-family or ViT classifier",
-        )
+    """Refuse a model that cannot be split, a split with an empty body, or prompts the model's
+    positions cannot hold (checked on the driver on a meta-device skeleton: no weights)."""
+    n = depth(model)
     if spec.head_layers + spec.tail_layers >= n:
         raise ConfigError(
             "split.head_layers",
             f"head_layers + tail_layers = {spec.head_layers + spec.tail_layers} >= the model's "
             f"{n} blocks leaves the server no body; lower them",
         )
+    budget = position_limit(model) if model_type(model) not in IMAGE_MODEL_TYPES else None
     if max_length is not None and budget is not None and max_length + spec.prompt_length > budget:
         raise ConfigError(
             "split.prompt_length",
@@ -112,27 +119,54 @@ class Body(nn.Module):
         return run_blocks(self.blocks, hidden, mask)
 
 
+class _StatesOnly(nn.Module):
+    """Stands in for the base model while the classifier's own forward runs on given states."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, *args, **kwargs):
+        return self.out
+
+
 class _TextFinal(nn.Module):
-    """BERT-style end: ([CLS] pooler | masked mean over real tokens) -> dropout -> classifier."""
+    """The end of an encoder classifier: its pooler (or masked mean over the real tokens) and its own
+    head, run by the classifier's forward with its base model standing aside (any family's head:
+    BERT's dropout + classifier, RoBERTa's or ELECTRA's classification head, DistilBERT's
+    pre_classifier, ...). Only the head's modules (and the pooler) are registered here, under the
+    classifier's own names (final.classifier.weight, ...)."""
 
     def __init__(self, model: nn.Module, base: nn.Module) -> None:
         super().__init__()
         pooler = getattr(base, "pooler", None)
-        self.mean = isinstance(pooler, MaskedMeanPooler)
-        self.pooler = None if self.mean else pooler
-        self.dropout = getattr(model, "dropout", nn.Identity())
-        self.classifier = model.classifier
-        self.roberta_head = model_type(model) != "bert" and not hasattr(model, "dropout")
+        self.replaced_pooler = isinstance(pooler, MaskedMeanPooler)  # BERT's pooler -> the mean
+        self.mean = self.replaced_pooler or getattr(model, "mean_pooled_states", False)
+        self.pooler = None if self.replaced_pooler else pooler
+        for name, module in model.named_children():  # the head, under its own names
+            if module is not base:
+                self.add_module(name, module)
+        self.base_name = next(n for n, m in model.named_children() if m is base)
+        object.__setattr__(self, "model", model)  # not a submodule: its blocks live elsewhere
 
     def forward(self, hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        if self.roberta_head:  # RobertaClassificationHead pools [CLS] itself
-            return self.classifier(hidden)
-        if self.mean:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        if self.mean:  # over the real tokens: where a pooler was, or every position the head reads
             m = real.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        else:
-            pooled = self.pooler(hidden)
-        return self.classifier(self.dropout(pooled))
+            mean = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            if self.replaced_pooler:
+                pooled = mean
+            else:
+                hidden = mean.unsqueeze(1).expand_as(hidden)
+        out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        base = getattr(self.model, self.base_name)
+        setattr(self.model, self.base_name, _StatesOnly(out))
+        try:
+            return self.model(input_ids=None, attention_mask=real).logits
+        finally:
+            setattr(self.model, self.base_name, base)
 
 
 class _VitFinal(nn.Module):
@@ -153,10 +187,12 @@ class ClientModel(nn.Module):
     def __init__(self, model: nn.Module, spec: SplitSpec) -> None:
         super().__init__()
         base = _base(model)
-        blocks = _blocks(base)
+        blocks = _blocks(model)
         n = len(blocks)
-        self.is_vit = model_type(model) == "vit"
+        self.is_vit = model_type(model) in IMAGE_MODEL_TYPES
         self.embeddings = base.embeddings
+        # ELECTRA projects embeddings narrower than its blocks; part of the client's head
+        self.embeddings_project = getattr(base, "embeddings_project", None) or nn.Identity()
         self.head_blocks = nn.ModuleList(blocks[: spec.head_layers])
         self.tail_blocks = nn.ModuleList(blocks[n - spec.tail_layers :] if spec.tail_layers else [])
         self.final = _VitFinal(model, base) if self.is_vit else _TextFinal(model, base)
@@ -175,7 +211,7 @@ class ClientModel(nn.Module):
             hidden = self.embeddings(batch["pixel_values"])
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         else:
-            hidden = self.embeddings(input_ids=batch["input_ids"])
+            hidden = self.embeddings_project(self.embeddings(input_ids=batch["input_ids"]))
             mask = batch["attention_mask"].long()
         if self.prompt is not None:
             b = hidden.shape[0]
@@ -200,8 +236,7 @@ class ClientModel(nn.Module):
 
 def split_model(model: nn.Module, spec: SplitSpec) -> tuple[ClientModel, Body]:
     """Cut `model` in three; the parts share the model's modules (no copies)."""
-    base = _base(model)
-    blocks = _blocks(base)
+    blocks = _blocks(model)
     n = len(blocks)
     check_split(model, spec, None)
     body = Body(nn.ModuleList(blocks[spec.head_layers : n - spec.tail_layers]))
@@ -213,7 +248,7 @@ def set_trainable(
 ) -> list[tuple[str, nn.Parameter]]:
     """Freeze the client model except prompts and the chosen parts; returns the trainable params."""
     for name, p in client.named_parameters():
-        in_head = name.startswith(("embeddings.", "head_blocks."))
+        in_head = name.startswith(("embeddings.", "embeddings_project.", "head_blocks."))
         in_tail = name.startswith(("tail_blocks.", "final."))
         p.requires_grad_(name == "prompt" or (in_head and train_head) or (in_tail and train_tail))
     return [(n, p) for n, p in client.named_parameters() if p.requires_grad]

@@ -224,3 +224,71 @@ def test_check_model_applies_the_method_to_fedpts_small_model(zoo) -> None:
                                                 "data.partition.alpha": None}))  # fmt: skip
     with pytest.raises(ConfigError, match="method.target_modules"):
         check_model(cfg, 0, VOCAB, 0)
+
+
+SPLITS = {"bert", "roberta", "distilbert", "electra", "xlm-roberta"}
+REFUSED = {
+    "albert": "no single list of its 3 blocks",
+    "deberta-v2": "its blocks also take relative_pos, rel_embeddings",
+    "mpnet": "its blocks also take position_bias",
+    "modernbert": "its blocks also take position_embeddings",
+}
+
+
+@pytest.mark.parametrize("mtype", ENCODERS)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_sfprompt_splits_any_encoder_built_of_one_block_list_or_says_why(
+    zoo, tmp_path, mtype, pooling
+) -> None:
+    """head -> body -> tail equals the unsplit classifier (padding and both poolings), found
+    without a list of families; what cannot be split is one line naming the reason."""
+    from engine.split.model import SplitSpec, check_split, split_model
+
+    path = zoo[mtype]
+    if mtype == "electra":  # embeddings narrower than the blocks: ELECTRA's projection
+        path = tmp_path / "electra"
+        from transformers import AutoModel
+
+        from tests.zoo import tiny_config
+
+        conf = tiny_config("electra")
+        conf.embedding_size = 16
+        AutoModel.from_config(conf).save_pretrained(path)
+        save_tiny("bert", tmp_path / "tok")  # any folder with the tokenizer
+        for f in (tmp_path / "tok").glob("*tok*"):
+            (path / f.name).write_bytes(f.read_bytes())
+    if mtype in REFUSED:
+        skeleton = model_skeleton(str(path), "classification", 2, VOCAB, 0, pooling)
+        with pytest.raises(ConfigError, match=f"model.name: SFPrompt cannot split {mtype}: "
+                           f"{REFUSED[mtype]}"):  # fmt: skip
+            check_split(skeleton, SplitSpec(1, 1, 0), 16)
+        return
+    assert mtype in SPLITS
+    model = load_model(str(path), "classification", 3, VOCAB, 0, 0, pooling).eval()
+    ids = torch.tensor([[101, 5, 6, 7, 8, 102], [101, 9, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+        client, body = split_model(model, SplitSpec(1, 1, 0))
+        hidden, m = client.head({"input_ids": ids, "attention_mask": mask})
+        got = client.tail(body(hidden, m), m)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sfprompt_runs_a_saved_distilbert_and_refuses_mpnet_before_anything_starts(
+    zoo, tmp_path, capsys
+) -> None:
+    sfprompt = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
+    ov = tiny_overrides(**{"model.name": str(zoo["distilbert"]), **TRAIN,
+                           "split.head_layers": 1, "split.tail_layers": 1,
+                           "server.torch_threads": 1})  # fmt: skip
+    run = start_run(load_config(sfprompt, ov), out=str(tmp_path / "ok"), backend=LocalBackend())
+    (rec,) = run_records(run)
+    assert math.isfinite(rec["train/loss"]) and 0 <= rec["eval/accuracy"] <= 1
+    ov = tiny_overrides(**{"model.name": str(zoo["mpnet"]), **TRAIN})
+    out = tmp_path / "refused"
+    capsys.readouterr()
+    assert main(["run", str(sfprompt), *ov, "--out", str(out), "--in-process"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SFPrompt cannot split mpnet" in err[0], err
+    assert not out.exists()
