@@ -292,3 +292,29 @@ def test_sfprompt_runs_a_saved_distilbert_and_refuses_mpnet_before_anything_star
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SFPrompt cannot split mpnet" in err[0], err
     assert not out.exists()
+
+
+METHODS = ["full", "lora", "adapter", "prefix", "prompt", "bitfit", "ia3"]
+
+
+@pytest.mark.parametrize("mtype", ENCODERS + DECODERS)
+def test_the_drivers_check_decides_every_method_as_the_worker_would(zoo, mtype) -> None:
+    """On the weightless skeleton, check_model accepts exactly the methods that apply to the loaded
+    model, and refuses the others with the same ConfigError (e.g. prefix tuning on Llama, BitFit on
+    a model without biases): nothing a worker could refuse is left for the worker."""
+    from engine.methods import get_method
+
+    for method in METHODS:
+        cfg = load_config(QUICKSTART, [f"model.name={zoo[mtype]}", f"method={{name: {method}}}"])
+        try:
+            check_model(cfg, 2, VOCAB, 0)
+            driver = None
+        except ConfigError as e:
+            driver = e.key
+        model = load_model(str(zoo[mtype]), "classification", 2, VOCAB, 0, 0, "cls")
+        try:
+            apply_method(model, "classification", get_method(method).params_type(name=method))
+            worker = None
+        except ConfigError as e:
+            worker = e.key
+        assert driver == worker, (method, driver, worker)
