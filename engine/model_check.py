@@ -24,19 +24,39 @@ def client_model_name(cfg: RunConfig) -> str:
     return cfg.model.name
 
 
-def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None) -> None:
-    """Build the clients' model without weights and apply the run's method to it (see module doc).
+def check_model(
+    cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None
+) -> int | None:
+    """Build the clients' model without weights and apply the run's method to it (see module doc);
+    returns how many token ids its input embedding holds (None for an image model).
 
     SFPrompt's split model is checked by its own splitter (engine/algorithms/sfprompt.py)."""
-    if cfg.algorithm == "sfprompt":
-        return
     name, task = client_model_name(cfg), cfg.model.task
     pooling = resolve_pooling(name, cfg.model.pooling)
     model = model_skeleton(name, task, num_labels, vocab_size, pad_id, pooling)
+    rows = _embedding_rows(model)
+    if cfg.algorithm == "sfprompt":
+        return rows
     check_positions(model, name, cfg.model.max_length, virtual_tokens(cfg))
     params = get_method(cfg.method.name).params_type(**cfg.method.model_dump())
     with torch.device("meta"):
         apply_method(model, task, params)
+    return rows
+
+
+def _embedding_rows(model: torch.nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return int(embeddings.num_embeddings) if isinstance(embeddings, torch.nn.Embedding) else None
+
+
+def check_token_ids(name: str, largest_id: int, rows: int | None) -> None:
+    """Every token id the tokenizer produced must have a row in the model's input embedding."""
+    if rows is not None and largest_id >= rows:
+        raise ConfigError(
+            "model.name",
+            f"the tokenizer gives token id {largest_id} but {name} embeds only {rows} tokens; "
+            "save the model's own tokenizer beside its weights",
+        )
 
 
 def virtual_tokens(cfg: RunConfig) -> int:

@@ -20,7 +20,7 @@ from engine.data.sources import (
 )
 from engine.errors import ConfigError
 from engine.methods import get_method
-from engine.model_check import check_model
+from engine.model_check import check_model, check_token_ids, client_model_name
 from engine.models import check_model_loadable, is_image_model, load_tokenizer
 from engine.train import TrainSpec
 
@@ -151,8 +151,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         )
     pad_id = int(tok.pad_token_id) if tok is not None else 0
     vocab_size = len(tok) if tok is not None else 0
-    check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
+    rows = check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
     train, test = _encode_splits(cfg, splits, tok)
+    if isinstance(train, Encoded):
+        largest = max((int(e.ids.max()) for e in (train, test) if len(e.ids)), default=0)
+        check_token_ids(client_model_name(cfg), largest, rows)
     hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
     method = get_method(cfg.method.name)
     lr = cfg.train.lr or cfg.method.lr or method.default_lr

@@ -318,3 +318,26 @@ def test_the_drivers_check_decides_every_method_as_the_worker_would(zoo, mtype) 
         except ConfigError as e:
             worker = e.key
         assert driver == worker, (method, driver, worker)
+
+
+def test_a_tokenizer_beyond_the_models_embedding_exits_2_before_anything_starts(
+    tmp_path, capsys
+) -> None:
+    from transformers import AutoModel
+
+    from tests.zoo import tiny_config
+
+    conf = tiny_config("bert")
+    conf.vocab_size = 1000  # the saved tokenizer has 30,522 tokens
+    path = tmp_path / "small-vocab"
+    AutoModel.from_config(conf).save_pretrained(path)
+    save_tiny("bert", tmp_path / "tok")
+    for f in (tmp_path / "tok").glob("*tok*"):
+        (path / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "run"
+    ov = tiny_overrides(**{"model.name": str(path)})
+    capsys.readouterr()
+    assert main(["run", str(QUICKSTART), *ov, "--out", str(out), "--in-process"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embeds only 1000 tokens" in err[0] and "model.name" in err[0], err
+    assert not out.exists()
