@@ -24,13 +24,12 @@ def client_model_name(cfg: RunConfig) -> str:
     return cfg.model.name
 
 
-def check_model(
-    cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None
-) -> int | None:
+def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None) -> int | None:
     """Build the clients' model without weights and apply the run's method to it (see module doc);
     returns how many token ids its input embedding holds (None for an image model).
 
-    SFPrompt's split model is checked by its own splitter (engine/algorithms/sfprompt.py)."""
+    SFPrompt's method section does not apply: only the skeleton is built here, and its splitter
+    checks the rest (engine/algorithms/sfprompt.py: check_sfprompt)."""
     name, task = client_model_name(cfg), cfg.model.task
     pooling = resolve_pooling(name, cfg.model.pooling)
     model = model_skeleton(name, task, num_labels, vocab_size, pad_id, pooling)

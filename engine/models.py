@@ -210,7 +210,9 @@ def _finish(model: torch.nn.Module, name: str, task: str, pad_token_id: int | No
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if task == "classification" and pooling == "mean" and not use_mean_pooling(model):
-        raise ConfigError("model.pooling", f"{name} has no pooler to replace; use pooling: cls")
+        raise ConfigError(
+            "model.pooling", f"{name} has no base model under its head to pool; use pooling: cls"
+        )
     return model
 
 

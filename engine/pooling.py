@@ -68,10 +68,12 @@ class MeanOverPositions(MaskedMeanPooler):
 
 
 def use_mean_pooling(model: torch.nn.Module) -> bool:
-    """Masked mean pooling for a classifier of any family. A pooler that takes the whole sequence
-    (BERT's) is replaced by the mean; otherwise the token states the pooler or head reads (the
-    encoder's output under a Linear pooler, as in ALBERT, else the base model's output) become their mean at
-    every position. False if the model has no base model apart from its head."""
+    """Masked mean pooling for a classifier of any family.
+
+    A pooler that takes the whole sequence (BERT's) is replaced by the mean. Otherwise the token
+    states the pooler or the head reads become their mean at every position: the encoder's output
+    under a Linear pooler (ALBERT's reads token 0), else the base model's output. False if the model
+    has no base model apart from its head."""
     base = getattr(model, "base_model", model)
     if base is model:
         return False
