@@ -37,10 +37,52 @@ def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | 
     if cfg.algorithm == "sfprompt":
         return rows
     check_positions(model, name, cfg.model.max_length, virtual_tokens(cfg))
+    prefix = int(getattr(cfg.method, "num_virtual_tokens", 0)) if cfg.method.name == "prefix" else 0
+    limit = position_limit(model)
+    if limit is not None and prefix > limit:  # keys/values every layer attends to, per token
+        raise ConfigError(
+            "method.num_virtual_tokens",
+            f"a prefix of {prefix} tokens is longer than the {limit} positions {name} attends "
+            f"over; use at most {limit}",
+        )
     params = get_method(cfg.method.name).params_type(**cfg.method.model_dump())
+    before = _numel(model)
     with torch.device("meta"):
-        apply_method(model, task, params)
+        model = apply_method(model, task, params)
+    check_size(cfg.method.name, _numel(model) - before, _numel(model))
     return rows
+
+
+# The field that sizes what each method adds (a huge value allocates that much in every worker).
+SIZE_FIELD = {"lora": "r", "adapter": "dim", "prefix": "num_virtual_tokens",
+              "prompt": "num_virtual_tokens"}  # fmt: skip
+
+
+def _numel(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_size(method: str, added: int, total: int, memory: int | None = None) -> None:
+    """A model whose fp32 parameters alone exceed this machine's memory cannot be built by any
+    worker: one line naming the method's size field, before anything starts."""
+    memory = host_memory_bytes() if memory is None else memory
+    if memory is not None and 4 * total > memory:
+        key = f"method.{SIZE_FIELD.get(method, 'name')}"
+        raise ConfigError(
+            key,
+            f"{method} adds {added:,} parameters: the model would hold {4 * total / 2**30:,.1f} GiB "
+            f"of fp32 weights, more than this machine's {memory / 2**30:,.1f} GiB; lower it",
+        )
 
 
 def _embedding_rows(model: torch.nn.Module) -> int | None:
@@ -65,6 +107,12 @@ def virtual_tokens(cfg: RunConfig) -> int:
 
 def check_positions(model: torch.nn.Module, name: str, max_length: int, extra: int = 0) -> None:
     limit = position_limit(model)
+    if limit is not None and extra >= limit:
+        raise ConfigError(
+            "method.num_virtual_tokens",
+            f"{extra} soft prompt tokens leave no position of the {limit} {name} can embed; "
+            f"use far fewer (and model.max_length + them <= {limit})",
+        )
     if limit is not None and max_length + extra > limit:
         soft = f" + {extra} soft prompt tokens" if extra else ""
         raise ConfigError(

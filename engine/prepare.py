@@ -119,14 +119,14 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
     profile = load_device_profile(cfg.resources.device_profile)
     fed = cfg.federation
-    profiles = assign_profiles(
-        cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
-    )
-    if fed.num_clients > len(splits.train_labels):
+    if fed.num_clients > len(splits.train_labels):  # before anything is sized by the client count
         raise ConfigError(
             "federation.num_clients",
             f"{fed.num_clients} clients > {len(splits.train_labels)} training rows; use fewer clients",
         )
+    profiles = assign_profiles(
+        cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
+    )
     # FedPT's server keeps a seeded public share of the train split that no client holds.
     n = len(splits.train_labels)
     public_rows = np.zeros(0, dtype=np.int64)

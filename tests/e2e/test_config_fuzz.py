@@ -485,6 +485,22 @@ REGRESSIONS = [  # (file, overrides, expected in the line): bugs this fuzzer fou
     (b"name: x\n", ["train={lr: 1, lr: 2}"], "key 'lr' is given twice"),
     (b"method: {name: lora, r: true}\n", [], "error: method.r: expected a number"),  # ran r=1
     (b"method: {name: lora, alpha: .inf}\n", [], "error: method.alpha: "),  # ran alpha=inf
+    # counts that size an allocation, checked against what they size (were MemoryError /
+    # allocator RuntimeError tracebacks, or a misleading "not supported")
+    (b"federation: {num_clients: 1000000000000}\n", [], "federation.num_clients: 1000000000000 "),
+    (b"method: {name: lora, r: 1000000000}\n", [], "error: method.r: lora adds 9,216,000,"),
+    (b"method: {name: adapter, dim: 1000000000}\n", [], "error: method.dim: adapter adds"),
+    (
+        b"method: {name: prompt, num_virtual_tokens: 1000000000}\n",
+        [],
+        "error: method.num_virtual_tokens: 1000000000 soft prompt tokens leave no position",
+    ),
+    (
+        b"method: {name: prefix, num_virtual_tokens: 1000000000}\n",
+        [],
+        "error: method.num_virtual_tokens: a prefix of 1000000000 tokens",
+    ),
+    (b"model: {max_length: 600}\n", [], "error: model.max_length: 600 positions exceed the 512"),
 ]
 
 

@@ -341,3 +341,15 @@ def test_a_tokenizer_beyond_the_models_embedding_exits_2_before_anything_starts(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embeds only 1000 tokens" in err[0] and "model.name" in err[0], err
     assert not out.exists()
+
+
+def test_a_model_too_big_for_this_machine_names_the_methods_size_field() -> None:
+    from engine.model_check import check_size
+
+    check_size("lora", 10, 300, memory=1200)  # 4 bytes x 300 = 1,200: fits exactly
+    with pytest.raises(ConfigError, match=r"method.r: lora adds 10 parameters: .* 0.0 GiB"):
+        check_size("lora", 10, 301, memory=1200)
+    with pytest.raises(ConfigError, match="method.dim: adapter"):
+        check_size("adapter", 1, 301, memory=1200)
+    with pytest.raises(ConfigError, match="method.name: full"):
+        check_size("full", 0, 301, memory=1200)
