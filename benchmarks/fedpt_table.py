@@ -171,8 +171,8 @@ def variants(curves: bool, base: dict[str, Any]) -> list[tuple[str, list[str]]]:
         out += [
             (f"layers {x}", [f"fedpt.emulator_layers={x}"]) for x in CURVE_LAYERS
         ]  # a curve point equal to the config is the config's run
-    same = {f"fedpt.emulator_layers={f['emulator_layers']}",
-            f"fedpt.emulator_distill_steps={f['emulator_distill_steps']}"}  # fmt: skip
+    same = {f"fedpt.emulator_layers={f.get('emulator_layers')}",
+            f"fedpt.emulator_distill_steps={f.get('emulator_distill_steps')}"}  # fmt: skip
     return [(n, ov) for n, ov in out if not ov or not set(ov) <= same]
 
 
