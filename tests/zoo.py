@@ -32,15 +32,21 @@ def tiny_config(model_type: str):
     return cls(**{k: v for k, v in {**SIZES, **IMAGES}.items() if hasattr(default, k)})
 
 
-def save_tiny(model_type: str, path: Path, mean_pooling: bool = False, seed: int = 0) -> Path:
+def save_tiny(
+    model_type: str, path: Path, mean_pooling: bool = False, seed: int = 0, **config: object
+) -> Path:
     """A tiny random `model_type` saved with save_pretrained at `path` (with a tokenizer); with
-    mean_pooling, the sentence-transformers declaration of mean pooling (1_Pooling/config.json)."""
+    mean_pooling, the sentence-transformers declaration of mean pooling (1_Pooling/config.json);
+    `config` overrides the tiny config's fields (e.g. vocab_size=1000)."""
     from transformers import AutoModel, AutoTokenizer
 
     from engine.models import IMAGE_MODEL_TYPES, TINY_TOKENIZER, resolve_model_path
 
     torch.manual_seed(seed)
-    AutoModel.from_config(tiny_config(model_type)).save_pretrained(path)
+    conf = tiny_config(model_type)
+    for key, value in config.items():
+        setattr(conf, key, value)
+    AutoModel.from_config(conf).save_pretrained(path)
     if model_type not in IMAGE_MODEL_TYPES:
         AutoTokenizer.from_pretrained(resolve_model_path(TINY_TOKENIZER)).save_pretrained(path)
     if mean_pooling:

@@ -246,17 +246,7 @@ def test_sfprompt_splits_any_encoder_built_of_one_block_list_or_says_why(
 
     path = zoo[mtype]
     if mtype == "electra":  # embeddings narrower than the blocks: ELECTRA's projection
-        path = tmp_path / "electra"
-        from transformers import AutoModel
-
-        from tests.zoo import tiny_config
-
-        conf = tiny_config("electra")
-        conf.embedding_size = 16
-        AutoModel.from_config(conf).save_pretrained(path)
-        save_tiny("bert", tmp_path / "tok")  # any folder with the tokenizer
-        for f in (tmp_path / "tok").glob("*tok*"):
-            (path / f.name).write_bytes(f.read_bytes())
+        path = save_tiny("electra", tmp_path / "electra", embedding_size=16)
     if mtype in REFUSED:
         skeleton = model_skeleton(str(path), "classification", 2, VOCAB, 0, pooling)
         with pytest.raises(ConfigError, match=f"model.name: SFPrompt cannot split {mtype}: "
@@ -323,17 +313,7 @@ def test_the_drivers_check_decides_every_method_as_the_worker_would(zoo, mtype) 
 def test_a_tokenizer_beyond_the_models_embedding_exits_2_before_anything_starts(
     tmp_path, capsys
 ) -> None:
-    from transformers import AutoModel
-
-    from tests.zoo import tiny_config
-
-    conf = tiny_config("bert")
-    conf.vocab_size = 1000  # the saved tokenizer has 30,522 tokens
-    path = tmp_path / "small-vocab"
-    AutoModel.from_config(conf).save_pretrained(path)
-    save_tiny("bert", tmp_path / "tok")
-    for f in (tmp_path / "tok").glob("*tok*"):
-        (path / f.name).write_bytes(f.read_bytes())
+    path = save_tiny("bert", tmp_path / "small-vocab", vocab_size=1000)  # tokenizer: 30,522
     out = tmp_path / "run"
     ov = tiny_overrides(**{"model.name": str(path)})
     capsys.readouterr()
