@@ -31,6 +31,8 @@ def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | 
     SFPrompt's method section does not apply: only the skeleton is built here, and its splitter
     checks the rest (engine/algorithms/sfprompt.py: check_sfprompt)."""
     name, task = client_model_name(cfg), cfg.model.task
+    if name != cfg.model.name:  # FedPT's black box is a causal LM too
+        model_skeleton(cfg.model.name, task, num_labels, vocab_size, pad_id, "cls")
     pooling = resolve_pooling(name, cfg.model.pooling)
     model = model_skeleton(name, task, num_labels, vocab_size, pad_id, pooling)
     rows = _embedding_rows(model)

@@ -224,6 +224,12 @@ def test_check_model_applies_the_method_to_fedpts_small_model(zoo) -> None:
                                                 "data.partition.alpha": None}))  # fmt: skip
     with pytest.raises(ConfigError, match="method.target_modules"):
         check_model(cfg, 0, VOCAB, 0)
+    cfg = load_config(AUSTEN, tiny_overrides(**{"model.name": str(zoo["mpnet"]),
+                                                "fedpt.small_model": str(zoo["llama"]),
+                                                "data.partition.kind": "natural",
+                                                "data.partition.alpha": None}))  # fmt: skip
+    with pytest.raises(ConfigError, match="model.task: .*mpnet.* cannot do causal_lm"):
+        check_model(cfg, 0, VOCAB, 0)  # the black box must be a causal LM too
 
 
 SPLITS = {"bert", "roberta", "distilbert", "electra", "xlm-roberta"}
