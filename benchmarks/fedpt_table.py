@@ -4,12 +4,15 @@
     Curves too (longer):          .venv/bin/python benchmarks/fedpt_table.py --curves
     Machinery check (~2 min):     .venv/bin/python benchmarks/fedpt_table.py --smoke
 Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
-         --direct RUN_DIR (reuse a finished direct run of the same config) --in-process (no Ray)
+         --direct RUN_DIR / --fedpt RUN_DIR (reuse finished runs of the same config: no training)
+         --in-process (no Ray)
          --config configs/fedpt/qwen_pair.yaml (a real pair: curves = distillation off, the other proxy_from)
 
 The config's run writes <out>/fedpt_table_samples.md: greedy samples of the base, the proxy-tuned
-and the directly tuned large LM on the same prompts. Every FedPT run also evaluates the proxy at --alphas (one training run gives the alpha curve); rows
-report the configured alpha's gap closed and the best alpha's. The curves sweep the emulator's kept
+and the directly tuned large LM on the same prompts. Every FedPT run also evaluates the proxy at
+--alphas (one training run gives the alpha curve); rows report the configured alpha's gap closed
+and the best alpha's, and the config's run its gap closed at every round both runs evaluated
+(--set eval.every=N) for every alpha. The curves sweep the emulator's kept
 layers (at the configured distillation steps) and its distillation steps (at the configured layers),
 plus the per-round distillation switched off; emulator builds continue shorter cached ones.
 
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "configs/fedpt/qwen_pair.yaml: a real pair, no emulator curves)")  # fmt: skip
     p.add_argument("--alphas", default=ALPHAS, help="proxy strengths evaluated in every run")
     p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
+    p.add_argument("--fedpt", default=None, metavar="RUN_DIR",
+                   help="reuse this finished run of the config (its row, curve and samples)")  # fmt: skip
     p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
     p.add_argument("--only", nargs="+", default=None, help="run only variants whose name has one")
     p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
@@ -100,15 +105,17 @@ def load_run(out: Path, wall_s: float) -> dict[str, Any]:
             "wall_s": wall_s, "run_dir": str(out)}  # fmt: skip
 
 
-def reuse_direct(config: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """A finished direct run, only if its config is the one this benchmark would run."""
+def reuse_run(config: Path, run_dir: Path, overrides: list[str], flag: str) -> dict[str, Any]:
+    """A finished run, only if its config is the one this benchmark would run (`flag` names it)."""
     from engine.config import load_config
 
-    unused = {"fedpt", "split", "server", "pruning", "local_loss", "wandb"}  # by a fedavg run
     want = validate_config(apply_overrides(read_yaml(config), overrides))
+    # sections a fedavg run does not read, and where W&B logged
+    unused = {"split", "server", "pruning", "local_loss", "wandb"}
+    unused |= {"fedpt"} if want.algorithm == "fedavg" else set()
     have = load_config(run_dir / "config.yaml")
     if have.model_dump(exclude=unused) != want.model_dump(exclude=unused):
-        raise SystemExit(f"--direct {run_dir}: its config differs from this benchmark's direct run")
+        raise SystemExit(f"{flag} {run_dir}: its config differs from this benchmark's run")
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return load_run(run_dir, recs[-1]["time/wall_s"])
 
@@ -156,6 +163,50 @@ def fedpt_row(name: str, res: dict[str, Any], direct_loss: float | None) -> dict
             row["best_alpha"], row["gap_closed_best"] = best, closed(by_alpha[best])
     del proxy
     return row
+
+
+def round_curve(fedpt: dict[str, Any], direct: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gap closed at every round both runs evaluated, for every proxy strength evaluated."""
+    direct_at = {
+        r["round"]: r["eval/perplexity"] for r in direct["records"] if "eval/perplexity" in r
+    }
+    out = []
+    for r in fedpt["records"]:
+        if "eval/proxy_perplexity" not in r or r["round"] not in direct_at:
+            continue
+        large, target = math.log(r["eval/large_perplexity"]), math.log(direct_at[r["round"]])
+        by_alpha = {float(k[len("eval/proxy@") : -len("_perplexity")]): v for k, v in r.items()
+                    if k.startswith("eval/proxy@") and k.endswith("_perplexity")}  # fmt: skip
+        out.append({
+            "round": r["round"], "direct_ppl": direct_at[r["round"]],
+            "small_tuned_ppl": r["eval/perplexity"], "proxy_ppl": r["eval/proxy_perplexity"],
+            "proxy_ppl_by_alpha": by_alpha,
+            "gap_closed_by_alpha": {a: (large - math.log(v)) / (large - target) if large > target
+                                    else math.nan for a, v in by_alpha.items()},
+        })  # fmt: skip
+    return out
+
+
+def curve_markdown(row: dict[str, Any]) -> str:
+    """The config's run: gap closed by round (rows) and proxy strength alpha (columns)."""
+    curve = row.get("by_round") or []
+    if not curve:
+        return ""
+    alphas = sorted(curve[0]["gap_closed_by_alpha"])
+    lines = [
+        f"\n{row['name']}: gap closed by round and alpha (proxy-tuned large ppl in brackets)\n",
+        "| round | direct large ppl | tuned small ppl | "
+        + " | ".join(f"alpha {a:g}" for a in alphas)
+        + " |",
+        "|---|---|---|" + "---|" * len(alphas),
+    ]
+    for c in curve:
+        cells = [
+            f"{c['gap_closed_by_alpha'][a]:.2f} ({c['proxy_ppl_by_alpha'][a]:.1f})" for a in alphas
+        ]
+        lines.append(f"| {c['round']} | {c['direct_ppl']:.2f} | {c['small_tuned_ppl']:.2f} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def variants(curves: bool, base: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -262,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         if args.direct:
-            direct = reuse_direct(config, Path(args.direct), [*common, *DIRECT])
+            direct = reuse_run(config, Path(args.direct), [*common, *DIRECT], "--direct")
         else:
             print("== direct federated LoRA of the large LM", file=sys.stderr, flush=True)
             direct = run(config, [*common, *DIRECT], root / "direct", args.in_process)
@@ -277,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", file=sys.stderr, flush=True)
             overrides = [*common, f"fedpt.eval_alphas={args.alphas}", *extra]
             try:
-                res = run(config, overrides, root / name.replace(" ", "_"), args.in_process)
-                rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra})
+                if args.fedpt and not extra:
+                    res = reuse_run(config, Path(args.fedpt), overrides, "--fedpt")
+                else:
+                    res = run(config, overrides, root / name.replace(" ", "_"), args.in_process)
+                rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra,
+                             "by_round": round_curve(res, direct)})  # fmt: skip
                 if not extra:  # the config's run: its samples beside the direct run's
                     print(
                         side_by_side_samples(res, direct, out / f"{stem}_samples.md"),
@@ -328,7 +383,7 @@ def side_by_side_samples(fedpt: dict[str, Any], direct: dict[str, Any], path: Pa
 def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall: float,
           config: Path) -> str:  # fmt: skip
     """The table so far (after every run: a long sweep keeps what it measured)."""
-    md = markdown(rows, direct_row)
+    md = markdown(rows, direct_row) + "".join(curve_markdown(r) for r in rows if "by_round" in r)
     md += f"\ntotal wall time {wall:.0f} s; base {config.name} {' '.join(common)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "direct": direct_row,
