@@ -105,3 +105,19 @@ def split_state(blob: bytes) -> tuple[bytes, bytes | None]:
         return blob, None
     client = {k: v for k, v in state.items() if not k.startswith(SERVER_PREFIX)}
     return serialize_state(client), serialize_state(body)
+
+
+def add_tensors(blob: bytes, extra: dict[str, Any]) -> bytes:
+    """A checkpoint payload with `extra` tensors (already prefixed, e.g. the strategy's slots)."""
+    if not extra:
+        return blob
+    return serialize_state({**deserialize_state(blob), **extra})
+
+
+def take_prefixed(blob: bytes, prefix: str) -> tuple[bytes, dict[str, Any]]:
+    """Inverse of `add_tensors` for one prefix: (the payload without them, the tensors taken)."""
+    state = deserialize_state(blob)
+    taken = {k: v for k, v in state.items() if k.startswith(prefix)}
+    if not taken:
+        return blob, {}
+    return serialize_state({k: v for k, v in state.items() if k not in taken}), taken

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from engine.errors import ConfigError
 from engine.methods import method_params_union
+from engine.strategies import resolve
 from engine.strict import DuplicateKeyError, StrictModel, load_yaml
 
 
@@ -71,6 +72,9 @@ class FederationConfig(_Section):
     # `poisson` = each client independently with probability clients_per_round / num_clients (a
     # varying number, possibly none): the sampling privacy accountants assume (privacy.dp).
     sampling: Literal["fixed", "poisson"] = "fixed"
+    # The federated optimization strategy (engine/strategies/): fedavg, fedprox, fedavgm, fedadam,
+    # fedyogi, fedadagrad; its parameters are in the `strategy` section.
+    strategy: str = "fedavg"
 
     @model_validator(mode="after")
     def _fits(self) -> FederationConfig:
@@ -104,6 +108,18 @@ class TrainConfig(_Section):
     # Autocast precision of client training and evaluation; weights, gradients and the uploaded
     # state stay fp32. auto: bf16 on a worker whose GPU supports it, fp32 on a CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class StrategyConfig(_Section):
+    """federation.strategy's parameters; null = that strategy's default. A key the chosen strategy
+    does not use is an error (docs/config.md lists which strategy reads which key)."""
+
+    server_lr: float | None = Field(None, gt=0)  # fedavgm, fedadam, fedyogi, fedadagrad
+    momentum: float | None = Field(None, ge=0, lt=1)  # fedavgm's server momentum
+    beta1: float | None = Field(None, ge=0, lt=1)  # fedadam, fedyogi, fedadagrad
+    beta2: float | None = Field(None, ge=0, lt=1)  # fedadam, fedyogi
+    tau: float | None = Field(None, gt=0)  # adaptivity: fedadam, fedyogi, fedadagrad
+    mu: float | None = Field(None, ge=0)  # fedprox's proximal weight
 
 
 class EvalConfig(_Section):
@@ -279,6 +295,7 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     method: method_params_union() = Field(default_factory=lambda: _default_method())  # type: ignore[valid-type]
     federation: FederationConfig = FederationConfig()
+    strategy: StrategyConfig = StrategyConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -293,6 +310,19 @@ class RunConfig(_Section):
     pruning: PruningConfig = PruningConfig()
     local_loss: LocalLossConfig = LocalLossConfig()
     fedpt: FedPTConfig = FedPTConfig()
+
+    @model_validator(mode="after")
+    def _strategy(self) -> RunConfig:
+        try:
+            strategy, _ = resolve(self.federation.strategy, self.strategy.model_dump())
+        except ConfigError as exc:
+            raise ValueError(f"{exc.key}: {exc.message}") from None
+        if self.algorithm == "centralized" and strategy.name != "fedavg":
+            raise ValueError(
+                "federation.strategy: centralized training has no server to run "
+                f"{strategy.name}; remove it or use a federated algorithm"
+            )
+        return self
 
 
 def _default_method() -> Any:

@@ -22,6 +22,7 @@ from engine.errors import ConfigError
 from engine.methods import get_method
 from engine.model_check import check_model, check_token_ids, client_model_name
 from engine.models import check_model_loadable, is_image_model, load_tokenizer
+from engine.strategies import resolve
 from engine.train import TrainSpec
 
 
@@ -164,6 +165,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 
         lr = cfg.train.lr or DEFAULT_LR
     t = cfg.train
+    strategy, params = resolve(cfg.federation.strategy, cfg.strategy.model_dump())
     spec = TrainSpec(
         batch_size=t.batch_size,
         epochs=t.local_epochs,
@@ -175,6 +177,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         group_by_length=t.group_by_length,
         task=cfg.model.task,
         pad_id=pad_id,
+        prox_mu=params["mu"] if strategy.proximal else 0.0,
     )
     public = train
     if cfg.algorithm == "fedpt" and cfg.fedpt.public_split != "public":

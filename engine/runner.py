@@ -15,7 +15,12 @@ from tqdm import tqdm
 from engine import rundir
 from engine.algorithms.fedavg import RoundInputs, evaluate_global, run_round
 from engine.backend import LocalBackend
-from engine.checkpoint import latest_good_checkpoint, save_checkpoint
+from engine.checkpoint import (
+    add_tensors,
+    latest_good_checkpoint,
+    save_checkpoint,
+    take_prefixed,
+)
 from engine.client import WorkerSpec
 from engine.clock import load_device_profile
 from engine.config import RunConfig, dump_config, load_config
@@ -23,6 +28,7 @@ from engine.errors import ConfigError
 from engine.ledger import Ledger, deserialize_state
 from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
+from engine.strategies import SLOT_PREFIX, ServerOptimizer, resolve
 from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
 
@@ -255,8 +261,11 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
     start_s = time.perf_counter() - t_start
     ledger, first, wall0, virtual = Ledger(), 1, 0.0, 0.0
     blob = backend.initial_state()
+    optimizer = ServerOptimizer(*resolve(cfg.federation.strategy, cfg.strategy.model_dump()))
     if resume_from is not None:
         _, blob, meta = resume_from
+        blob, slots = take_prefixed(blob, SLOT_PREFIX)  # the strategy's momentum and moments
+        optimizer.load_state_dict(slots)
         ledger = Ledger.from_state_dict(meta["ledger"])
         first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
         if server is not None:
@@ -279,7 +288,15 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
             if cfg.faults.server_kill_round == rnd and hasattr(server, "crash_after"):
                 server.crash_after()  # injected: the server actor dies inside a request
             out = run_round(
-                rnd, blob, inp, prep, backend, ledger, lambda _r, bar=bar: bar.update(1), server
+                rnd,
+                blob,
+                inp,
+                prep,
+                backend,
+                ledger,
+                lambda _r, bar=bar: bar.update(1),
+                server,
+                optimizer,
             )
             bar.close()
             blob = out.blob
@@ -308,6 +325,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                     "virtual_s": virtual,
                 }
                 saved = server.with_state(blob) if server is not None else blob
+                saved = add_tensors(saved, optimizer.state_dict())
                 save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
         if hasattr(server, "write_samples"):  # FedPT: greedy samples of the proxy-tuned LM
             server.write_samples(deserialize_state(blob), run_dir / "samples.md")

@@ -60,6 +60,7 @@ def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_
     return {
         "name": cfg.name,
         "algorithm": cfg.algorithm,
+        "strategy": cfg.federation.strategy,
         "method": method_label(cfg),
         "comm_bytes_by_kind": ledger.bytes_by_kind(),
         "metrics": final_metrics(history),
@@ -98,6 +99,8 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
         ("run directory", str(run_dir)),
         ("algorithm / method", f"{cfg.algorithm} / {method_label(cfg)}"),
     ]
+    if cfg.federation.strategy != "fedavg":
+        rows.append(("strategy", cfg.federation.strategy))
     for name, value in summary["metrics"].items():
         if "wall" in name:
             continue

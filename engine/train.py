@@ -33,6 +33,7 @@ class TrainSpec:
     group_by_length: bool
     task: str
     pad_id: int
+    prox_mu: float = 0.0  # FedProx: (mu / 2) * ||w - w_global||^2 joins the local loss
 
 
 def _lm_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,6 +44,15 @@ def _lm_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def model_inputs(batch: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     return _lm_labels(batch) if task == "causal_lm" else batch
+
+
+def proximal_grad(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], mu: float) -> None:
+    """Add FedProx's term to unscaled gradients: the gradient of (mu / 2) * ||w - w_anchor||^2 is
+    mu * (w - w_anchor), so the optimizer and the clipping see the proximal objective's gradient."""
+    with torch.no_grad():
+        for p, p0 in zip(params, anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - p0, alpha=mu)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -81,6 +91,7 @@ def local_train(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if spec.prox_mu else []
     opt = make_optimizer(params, spec)
     scaler = placement.scaler()  # scales fp16 losses; a pass-through otherwise
     model.train()
@@ -106,8 +117,11 @@ def local_train(
                 opt.zero_grad(set_to_none=True)
                 partial = True
                 break
-            if spec.max_grad_norm is not None:
+            if spec.max_grad_norm is not None or spec.prox_mu:
                 scaler.unscale_(opt)  # clip the true gradients, not fp16-scaled ones
+            if spec.prox_mu:
+                proximal_grad(params, anchor, spec.prox_mu)
+            if spec.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             scaler.step(opt)  # fp16: skips the step when a gradient overflowed
             scaler.update()

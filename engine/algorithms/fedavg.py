@@ -16,6 +16,8 @@ from engine.client import ClientResult, ClientTask
 from engine.clock import DeviceProfile, client_time_s, round_time_s
 from engine.ledger import Ledger, deserialize_state, serialize_state
 from engine.prepare import Prepared, eval_shards, unshard
+from engine.strategies import ServerOptimizer
+from engine.strategies.fedavg import FEDAVG
 from engine.summary import DEVICE_PEAK
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 
@@ -96,7 +98,10 @@ def run_round(
     ledger: Ledger,
     on_result: Callable[[ClientResult], None],
     server: RoundServer | None = None,
+    optimizer: ServerOptimizer | None = None,
 ) -> RoundOutcome:
+    """One round: sample, train, aggregate, then `optimizer` (the run's strategy; None: FedAvg)
+    turns the aggregate into the next global state before a `server` ends the round."""
     ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round, inp.poisson)
     dropped = unavailable(ids, inp, round)
     ids_run = [int(c) for c in ids if int(c) not in dropped]
@@ -181,6 +186,7 @@ def run_round(
             row["dropped"] = late[row["client"]]
     used = [r for r in ok if r.client_id in accepted]
     server_record: dict[str, Any] = {}
+    optimizer = optimizer or ServerOptimizer(FEDAVG, {})
     # DP-FedAvg: clipped updates, fixed denominator, noise; under Poisson sampling the noise is
     # added even when nobody reported (the accountant's mechanism always releases a noisy sum)
     if inp.dp is not None and (used or inp.poisson):
@@ -188,19 +194,24 @@ def run_round(
 
         clip, z, delta = inp.dp
         rng = np.random.default_rng(derive_seed(inp.seed, round, DP_STREAM))
-        new_state, server_record = dp_aggregate(
-            deserialize_state(global_blob), [deserialize_state(r.blob) for r in used],
+        global_state = deserialize_state(global_blob)
+        noisy, server_record = dp_aggregate(
+            global_state, [deserialize_state(r.blob) for r in used],
             clip, z, inp.clients_per_round, rng,
         )  # fmt: skip
         q = inp.clients_per_round / inp.num_clients
         server_record["privacy/epsilon"] = epsilon(z, q, round, delta)
+        new_state, step_record = optimizer.step(global_state, noisy)  # post-processing
+        server_record.update(step_record)
     elif used:
         weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
-        new_state = fedavg([deserialize_state(r.blob) for r in used], weights)
+        aggregate = fedavg([deserialize_state(r.blob) for r in used], weights)
+        new_state, server_record = optimizer.step(deserialize_state(global_blob), aggregate)
         if server is not None:
             client_weights = {r.client_id: float(w) for r, w in zip(used, weights, strict=True)}
-            new_state, server_record = server.end_round(client_weights, new_state, round)
-    else:  # nobody reported in time: the global state stays
+            new_state, end_record = server.end_round(client_weights, new_state, round)
+            server_record.update(end_record)
+    else:  # nobody reported in time: the global state (and the optimizer's slots) stay
         new_state = deserialize_state(global_blob)
     round_s, straggler = round_duration(times, accepted, late, inp)
     totals = ledger.round_totals(round)

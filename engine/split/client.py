@@ -21,7 +21,13 @@ from engine.methods import count_parameters, load_trainable_state, trainable_sta
 from engine.pruning import keep_hardest, keep_hardest_per_class, keep_random, score_batch
 from engine.split.model import ClientModel, SplitSpec, set_trainable, split_model
 from engine.split.wire import pack, unpack
-from engine.train import TrainResult, TrainSpec, evaluate_logits, make_optimizer
+from engine.train import (
+    TrainResult,
+    TrainSpec,
+    evaluate_logits,
+    make_optimizer,
+    proximal_grad,
+)
 
 Key = tuple[int, int, int]  # (round, client, step): names one forward/backward pair on the server
 EVAL_CLIENT = -1  # the client id evaluation requests use
@@ -108,13 +114,15 @@ class SplitClientRuntime:
         run = _Run(task.round, task.client_id, Counter(), {"flops": 0.0, "act": 0})
         kept = self._prune(task.rows, rng, run)
         opt = make_optimizer(self.params, task.spec)
+        # FedProx: the tensors the client trains are pulled towards the global ones it received
+        anchor = [p.detach().clone() for p in self.params] if task.spec.prox_mu else []
         local_losses: list[float] = []
         if self.plan.local_loss:
             local_spec = _with_epochs(task.spec, self.plan.local_epochs)
-            local_losses = self._loop(kept, local_spec, rng, opt, run, self._local_step)
+            local_losses = self._loop(kept, local_spec, rng, opt, run, self._local_step, anchor)
         split_losses: list[float] = []
         if self.plan.split_training:
-            split_losses = self._loop(kept, task.spec, rng, opt, run, self._split_step)
+            split_losses = self._loop(kept, task.spec, rng, opt, run, self._split_step, anchor)
         losses = split_losses or local_losses
         result = TrainResult(
             num_samples=len(task.rows),
@@ -144,8 +152,11 @@ class SplitClientRuntime:
             },
         )
 
-    def _loop(self, rows, spec: TrainSpec, rng, opt, run: _Run, step: Callable) -> list[float]:
-        """Epochs (or `spec.steps` steps) of `step` over length-grouped batches of `rows`."""
+    def _loop(
+        self, rows, spec: TrainSpec, rng, opt, run: _Run, step: Callable, anchor: list
+    ) -> list[float]:
+        """Epochs (or `spec.steps` steps) of `step` over length-grouped batches of `rows`;
+        `anchor`: the received tensors FedProx's term pulls towards (empty without it)."""
         self.model.train()
         losses: list[float] = []
         epoch = 0
@@ -155,6 +166,8 @@ class SplitClientRuntime:
             ):
                 batch = self.placement.to_device(collate(self.train_data, rows_b, spec.pad_id))
                 losses.append(step(batch, run, len(losses)))
+                if spec.prox_mu:
+                    proximal_grad(self.params, anchor, spec.prox_mu)
                 if spec.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm)
                 opt.step()

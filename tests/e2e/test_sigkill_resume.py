@@ -20,9 +20,11 @@ from tests.conftest import tiny_overrides
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 # One client worker: startup is most of each run's time, and a second worker doubles it.
+# FedAdam: the checkpoints carry the server optimizer's slots too, and resume must restore them.
 OVERRIDES = tiny_overrides(
     **{
         "federation.rounds": 4,
+        "federation.strategy": "fedadam",
         "checkpoint.every": 1,
         "ray.num_cpus": 2,
         "resources.num_workers": 1,
