@@ -66,6 +66,8 @@ class ClientTask:
     fault: str | None = None  # injected by faults.*: "kill" or "delay:<seconds>" (never on a retry)
     # federation.deadline_policy=partial: stop before the step that would exceed these FLOPs
     flops_budget: float | None = None
+    # SCAFFOLD: the serialized c - c_i added to every local gradient (None for other strategies)
+    correction: bytes | None = None
 
 
 @dataclass
@@ -155,6 +157,7 @@ class ClientRuntime:
                 self.meter,
                 flops_budget=task.flops_budget,
                 placement=self.placement,
+                grad_offset=deserialize_state(task.correction) if task.correction else None,
             )
         except torch.OutOfMemoryError as exc:
             raise self._out_of_memory(task) from exc

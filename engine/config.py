@@ -322,6 +322,16 @@ class RunConfig(_Section):
                 "federation.strategy: centralized training has no server to run "
                 f"{strategy.name}; remove it or use a federated algorithm"
             )
+        if self.algorithm not in strategy.algorithms + ("centralized",):
+            raise ValueError(
+                f"federation.strategy: {strategy.name} does not apply to algorithm "
+                f"{self.algorithm} (only {', '.join(strategy.algorithms)}); choose another strategy"
+            )
+        if self.privacy.dp and not strategy.dp:
+            raise ValueError(
+                f"federation.strategy: {strategy.name} does not compose with privacy.dp; "
+                "turn DP off or choose another strategy"
+            )
         return self
 
 

@@ -14,6 +14,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PARTITION = "partition.json"
 CHECKPOINTS = "checkpoints"
+CONTROLS = "controls"  # SCAFFOLD: each client's control variates, one file per version
 
 
 def new_run_dir(

@@ -18,6 +18,7 @@ from engine.backend import LocalBackend
 from engine.checkpoint import (
     add_tensors,
     latest_good_checkpoint,
+    list_checkpoints,
     save_checkpoint,
     take_prefixed,
 )
@@ -28,7 +29,7 @@ from engine.errors import ConfigError
 from engine.ledger import Ledger, deserialize_state
 from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
-from engine.strategies import SLOT_PREFIX, ServerOptimizer, resolve
+from engine.strategies import SLOT_PREFIX, ControlStore, ServerOptimizer, resolve
 from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
 
@@ -261,7 +262,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
     start_s = time.perf_counter() - t_start
     ledger, first, wall0, virtual = Ledger(), 1, 0.0, 0.0
     blob = backend.initial_state()
-    optimizer = ServerOptimizer(*resolve(cfg.federation.strategy, cfg.strategy.model_dump()))
+    optimizer = _server_optimizer(cfg, run_dir, resume_from[2]["round"] if resume_from else 0)
     if resume_from is not None:
         _, blob, meta = resume_from
         blob, slots = take_prefixed(blob, SLOT_PREFIX)  # the strategy's momentum and moments
@@ -327,6 +328,9 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                 saved = server.with_state(blob) if server is not None else blob
                 saved = add_tensors(saved, optimizer.state_dict())
                 save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
+                if optimizer.controls is not None:  # what no kept checkpoint needs
+                    oldest = list_checkpoints(run_dir / rundir.CHECKPOINTS)[0]
+                    optimizer.controls.prune(int(oldest.name.removeprefix("round_")))
         if hasattr(server, "write_samples"):  # FedPT: greedy samples of the proxy-tuned LM
             server.write_samples(deserialize_state(blob), run_dir / "samples.md")
         summary = build_summary(history, ledger, info, cfg, start_s, virtual)
@@ -336,6 +340,16 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         _shutdown(backend, server)
     print_table(cfg, summary, best_of(history), run_dir)
     return run_dir
+
+
+def _server_optimizer(cfg: RunConfig, run_dir: Path, last_round: int) -> ServerOptimizer:
+    """The strategy's server side; SCAFFOLD's client variates start from `last_round`'s."""
+    strategy, params = resolve(cfg.federation.strategy, cfg.strategy.model_dump())
+    controls = None
+    if strategy.control_variates:
+        controls = ControlStore(run_dir / rundir.CONTROLS)
+        controls.cut_back(last_round)  # versions after the checkpoint are redone
+    return ServerOptimizer(strategy, params, controls)
 
 
 def start_server(cfg: RunConfig, spec: WorkerSpec, backend) -> tuple[WorkerSpec, Any]:

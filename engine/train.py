@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +55,16 @@ def proximal_grad(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], 
                 p.grad.add_(p.detach() - p0, alpha=mu)
 
 
+def _aligned(
+    model: torch.nn.Module, by_name: Mapping[str, np.ndarray], placement: Placement
+) -> list[torch.Tensor]:
+    """`by_name` as tensors in the order of the model's trainable parameters, on their device."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if sorted(by_name) != sorted(n for n, _ in named):
+        raise ValueError("grad_offset must hold exactly the model's trainable tensors")
+    return [torch.from_numpy(np.asarray(by_name[n])).to(p.device, p.dtype) for n, p in named]
+
+
 def make_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -81,17 +91,21 @@ def local_train(
     meter: StepCostMeter,
     flops_budget: float | None = None,
     placement: Placement = CPU_FP32,
+    grad_offset: Mapping[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train `model` in place on rows of `enc`; all randomness comes from `seed`.
 
     With `flops_budget`, training stops before the first step that would take the client's FLOPs
     past it (that step's gradient is computed to know its cost, then discarded, not applied).
     `placement`: the device `model` is on (batches are moved there) and the autocast precision.
+    `grad_offset`: {trainable parameter name: array} added to every step's gradient (SCAFFOLD's
+    c - c_i).
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if spec.prox_mu else []
+    offset = _aligned(model, grad_offset, placement) if grad_offset is not None else []
     opt = make_optimizer(params, spec)
     scaler = placement.scaler()  # scales fp16 losses; a pass-through otherwise
     model.train()
@@ -117,10 +131,13 @@ def local_train(
                 opt.zero_grad(set_to_none=True)
                 partial = True
                 break
-            if spec.max_grad_norm is not None or spec.prox_mu:
+            if spec.max_grad_norm is not None or spec.prox_mu or offset:
                 scaler.unscale_(opt)  # clip the true gradients, not fp16-scaled ones
             if spec.prox_mu:
                 proximal_grad(params, anchor, spec.prox_mu)
+            for p, off in zip(params, offset, strict=False):
+                if p.grad is not None:
+                    p.grad.add_(off)
             if spec.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             scaler.step(opt)  # fp16: skips the step when a gradient overflowed

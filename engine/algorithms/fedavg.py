@@ -102,6 +102,8 @@ def run_round(
 ) -> RoundOutcome:
     """One round: sample, train, aggregate, then `optimizer` (the run's strategy; None: FedAvg)
     turns the aggregate into the next global state before a `server` ends the round."""
+    optimizer = optimizer or ServerOptimizer(FEDAVG, {})
+    global_state = deserialize_state(global_blob)
     ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round, inp.poisson)
     dropped = unavailable(ids, inp, round)
     ids_run = [int(c) for c in ids if int(c) not in dropped]
@@ -114,6 +116,7 @@ def run_round(
             spec=inp.spec,
             fault=injected_fault(inp, round, int(c)),
             flops_budget=flops_budget(inp, int(c), len(global_blob)),
+            correction=optimizer.correction(int(c), round, global_state),
         )
         for c in ids_run
     ]
@@ -142,7 +145,9 @@ def run_round(
     }
     rows, times = [], {}
     partial = {r.client_id for r in ok if r.train.partial}
+    control = optimizer.control_traffic(global_state)  # SCAFFOLD: c down, dc_i up
     for r in ok:
+        r.traffic.update(control)
         down = ledger.record(round, r.client_id, "down", "trainable_state", r.bytes_down)
         up = ledger.record(round, r.client_id, "up", "trainable_state", r.blob)
         for key, nbytes in sorted(r.traffic.items()):  # split activations and gradients
@@ -185,8 +190,14 @@ def run_round(
         if row["client"] in late:
             row["dropped"] = late[row["client"]]
     used = [r for r in ok if r.client_id in accepted]
-    server_record: dict[str, Any] = {}
-    optimizer = optimizer or ServerOptimizer(FEDAVG, {})
+    states = [deserialize_state(r.blob) for r in used]
+    server_record = optimizer.commit_controls(
+        round,
+        [(r.client_id, y, r.train.steps) for r, y in zip(used, states, strict=True)],
+        global_state,
+        inp.spec.lr,
+        inp.num_clients,
+    )
     # DP-FedAvg: clipped updates, fixed denominator, noise; under Poisson sampling the noise is
     # added even when nobody reported (the accountant's mechanism always releases a noisy sum)
     if inp.dp is not None and (used or inp.poisson):
@@ -194,25 +205,22 @@ def run_round(
 
         clip, z, delta = inp.dp
         rng = np.random.default_rng(derive_seed(inp.seed, round, DP_STREAM))
-        global_state = deserialize_state(global_blob)
-        noisy, server_record = dp_aggregate(
-            global_state, [deserialize_state(r.blob) for r in used],
-            clip, z, inp.clients_per_round, rng,
-        )  # fmt: skip
+        noisy, dp_record = dp_aggregate(global_state, states, clip, z, inp.clients_per_round, rng)
         q = inp.clients_per_round / inp.num_clients
-        server_record["privacy/epsilon"] = epsilon(z, q, round, delta)
+        dp_record["privacy/epsilon"] = epsilon(z, q, round, delta)
         new_state, step_record = optimizer.step(global_state, noisy)  # post-processing
-        server_record.update(step_record)
+        server_record.update(dp_record | step_record)
     elif used:
         weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
-        aggregate = fedavg([deserialize_state(r.blob) for r in used], weights)
-        new_state, server_record = optimizer.step(deserialize_state(global_blob), aggregate)
+        aggregate = fedavg(states, weights)
+        new_state, step_record = optimizer.step(global_state, aggregate)
+        server_record.update(step_record)
         if server is not None:
             client_weights = {r.client_id: float(w) for r, w in zip(used, weights, strict=True)}
             new_state, end_record = server.end_round(client_weights, new_state, round)
             server_record.update(end_record)
     else:  # nobody reported in time: the global state (and the optimizer's slots) stay
-        new_state = deserialize_state(global_blob)
+        new_state = global_state
     round_s, straggler = round_duration(times, accepted, late, inp)
     totals = ledger.round_totals(round)
     record = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.strategies import fedavg, fedavgm, fedopt
+from engine.strategies import fedavg, fedavgm, fedopt, scaffold
 from engine.strategies.base import (
     SLOT_PREFIX,
     STRATEGIES,
@@ -13,6 +13,7 @@ from engine.strategies.base import (
     resolve,
     strategy_params,
 )
+from engine.strategies.scaffold import ControlStore
 
 register_strategy(fedavg.FEDAVG)
 register_strategy(fedavg.FEDPROX)
@@ -20,8 +21,10 @@ register_strategy(fedavgm.FEDAVGM)
 register_strategy(fedopt.FEDADAM)
 register_strategy(fedopt.FEDYOGI)
 register_strategy(fedopt.FEDADAGRAD)
+register_strategy(scaffold.SCAFFOLD)
 
 __all__ = [
+    "ControlStore",
     "SLOT_PREFIX",
     "STRATEGIES",
     "ServerOptimizer",

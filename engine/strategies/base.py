@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.ledger import serialize_state
 from engine.registry import Registry
+
+if TYPE_CHECKING:
+    from engine.strategies.scaffold import ControlStore
 
 State = dict[str, np.ndarray]
 Params = Mapping[str, float]
@@ -33,6 +38,7 @@ class Strategy:
     `update` / `init_slots`: its server rule on the pseudo-gradient; None means plain FedAvg (the new
     global state is the aggregate itself, bit for bit). `proximal`: clients add
     (mu / 2) * ||w - w_global||^2 to their loss over the trainable tensors (FedProx).
+    `control_variates`: clients add c - c_i to every gradient and the server keeps c (SCAFFOLD).
     """
 
     name: str
@@ -40,6 +46,11 @@ class Strategy:
     update: ServerUpdate | None = None
     init_slots: InitSlots | None = None
     proximal: bool = False
+    # SCAFFOLD: clients keep control variates (engine/strategies/scaffold.py); the server's c is
+    # the slot "c" of every tensor
+    control_variates: bool = False
+    dp: bool = True  # composes with privacy.dp
+    algorithms: tuple[str, ...] = ("fedavg", "sfprompt", "fedpt")  # where it applies
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -92,10 +103,69 @@ SLOT_PREFIX = (
 class ServerOptimizer:
     """The server side of a strategy for one run: its parameters and its slots per tensor."""
 
-    def __init__(self, strategy: Strategy, params: Params) -> None:
+    def __init__(self, strategy: Strategy, params: Params, controls: ControlStore | None = None):
+        if strategy.control_variates and controls is None:
+            raise ValueError(f"strategy {strategy.name!r} needs a ControlStore for the clients")
         self.strategy = strategy
         self.params = dict(params)
+        self.controls = controls
         self.slots: dict[str, dict[str, np.ndarray]] = {}  # tensor -> slot -> float32 array
+
+    # -- SCAFFOLD's control variates (no-ops for every other strategy) --------------------------
+    def _server_c(self, k: str, like: np.ndarray) -> np.ndarray:
+        slots = self.slots.get(k)
+        return slots["c"].astype(np.float64) if slots else np.zeros(like.shape)
+
+    def correction(self, client: int, round: int, global_state: State) -> bytes | None:
+        """What this client adds to every local gradient this round, c - c_i (serialized)."""
+        if self.controls is None:
+            return None
+        ci = self.controls.load(client, round)
+        return serialize_state(
+            {
+                k: (self._server_c(k, x) - (ci[k] if ci is not None else 0.0)).astype(np.float32)
+                for k, x in global_state.items()
+            }
+        )
+
+    def control_traffic(self, global_state: State) -> dict[str, int]:
+        """Bytes of each client's control-variate messages: c down, dc_i up (same size)."""
+        if self.controls is None:
+            return {}
+        n = len(serialize_state({k: v.astype(np.float32) for k, v in global_state.items()}))
+        return {"down/control_variate": n, "up/control_variate": n}
+
+    def commit_controls(
+        self,
+        round: int,
+        accepted: list[tuple[int, State, int]],
+        global_state: State,
+        lr: float,
+        num_clients: int,
+    ) -> dict[str, float]:
+        """SCAFFOLD option II for the round's accepted (client, trained state, local steps):
+        c_i+ = c_i - c + (x - y) / (steps * lr), saved with the client; c += sum(dc_i) / N."""
+        if self.controls is None:
+            return {}
+        total = {k: np.zeros(x.shape) for k, x in global_state.items()}
+        for client, y, steps in accepted:
+            if steps == 0:
+                continue
+            old = self.controls.load(client, round)
+            new = {}
+            for k, x in global_state.items():
+                ci = old[k].astype(np.float64) if old is not None else np.zeros(x.shape)
+                drift = (x.astype(np.float64) - y[k].astype(np.float64)) / (steps * lr)
+                new[k] = ci - self._server_c(k, x) + drift
+                total[k] += new[k] - ci
+            self.controls.save(client, round, {k: v.astype(np.float32) for k, v in new.items()})
+        norm_sq = 0.0
+        for k, x in global_state.items():
+            c = self._server_c(k, x) + total[k] / num_clients
+            slots = self.slots.setdefault(k, {})
+            slots["c"] = c.astype(np.float32)
+            norm_sq += float(np.sum(c * c))
+        return {"server/control_norm": norm_sq**0.5}
 
     def step(self, global_state: State, aggregate: State) -> tuple[State, dict[str, float]]:
         """The next global state from this round's aggregate, and what to record about the step."""

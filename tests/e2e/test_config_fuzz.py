@@ -501,6 +501,18 @@ REGRESSIONS = [  # (file, overrides, expected in the line): bugs this fuzzer fou
         "error: method.num_virtual_tokens: a prefix of 1000000000 tokens",
     ),
     (b"model: {max_length: 600}\n", [], "error: model.max_length: 600 positions exceed the 512"),
+    # strategies: parameters out of range, keys the strategy does not read, what it cannot join
+    (b"federation: {strategy: fedprox}\nstrategy: {mu: -0.1}\n", [], "error: strategy.mu: "),
+    (b"federation: {strategy: fedadam}\n", ["strategy.server_lr=0"], "error: strategy.server_lr: "),
+    (b"federation: {strategy: fedyogi}\n", ["strategy.beta1=1"], "error: strategy.beta1: "),
+    (b"federation: {strategy: fedadam}\n", ["strategy.beta2=-0.5"], "error: strategy.beta2: "),
+    (b"strategy: {tau: 0.1}\n", [], "error: strategy.tau: fedavg does not use it"),
+    (b"federation: {strategy: fedsgd}\n", [], "error: federation.strategy: unknown 'fedsgd'"),
+    (
+        b"federation: {strategy: scaffold}\nprivacy: {dp: true}\n",
+        [],
+        "error: federation.strategy: scaffold does not compose with privacy.dp",
+    ),
 ]
 
 

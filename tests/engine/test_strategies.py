@@ -155,3 +155,58 @@ def test_defaults_and_overrides() -> None:
     strategy, params = resolve(cfg.federation.strategy, cfg.strategy.model_dump())
     assert params == {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 0.01}
     assert not strategy.proximal and get_strategy("fedprox").proximal
+
+
+# ------------------------------------------------------------------------------ SCAFFOLD
+
+
+def test_scaffold_control_variates_by_hand(tmp_path) -> None:
+    """Option II with K = 2 steps at lr 0.5 (K * lr = 1): c_i+ = c_i - c + (x - y)."""
+    from engine.strategies import ControlStore
+
+    store = ControlStore(tmp_path / "controls")
+    opt = ServerOptimizer(*resolve("scaffold", {}), controls=store)
+    x = {"a": np.array([1.0, 2.0], F32), "b": np.array([[0.5]], F32)}
+    # round 1: c = 0 and every c_i = 0, so the correction is zero
+    assert _flat(_load(opt.correction(0, 1, x))) == [0.0, 0.0, 0.0]
+    accepted = [(0, CLIENTS[0], 2), (1, CLIENTS[1], 2)]
+    record = opt.commit_controls(1, accepted, x, lr=0.5, num_clients=4)
+    # c_0 = x - y_0 = [-1, 0], -1;  c_1 = x - y_1 = [1, -2], 0;  c = (c_0 + c_1) / 4
+    assert _flat(store.load(0, 2)) == [-1.0, 0.0, -1.0]
+    assert _flat(store.load(1, 2)) == [1.0, -2.0, 0.0]
+    c = [0.0, -0.5, -0.25]
+    assert record["server/control_norm"] == pytest.approx(math.sqrt(0.25 + 0.0625))
+    # round 2, client 0: correction c - c_0; client 3 (never trained): c - 0
+    assert _flat(_load(opt.correction(0, 2, x))) == pytest.approx([1.0, -0.5, 0.75])
+    assert _flat(_load(opt.correction(3, 2, x))) == pytest.approx(c)
+    # round 2, client 0 again with K * lr = 1 and y = x: c_0+ = c_0 - c
+    opt.commit_controls(2, [(0, x, 4)], x, lr=0.25, num_clients=4)
+    assert _flat(store.load(0, 3)) == pytest.approx([-1.0, 0.5, -0.75])
+    assert _flat(store.load(0, 2)) == [-1.0, 0.0, -1.0]  # round 2 still reads round 1's version
+    # c stays the mean of all four clients' variates: [0, -0.375, -0.1875]
+    mean = np.mean(
+        [_flat(store.load(i, 3)) if store.load(i, 3) else [0.0] * 3 for i in range(4)], 0
+    )
+    assert _flat(_load(opt.correction(3, 3, x))) == pytest.approx(mean.tolist())
+
+
+def test_scaffold_store_cut_back_and_prune(tmp_path) -> None:
+    from engine.strategies import ControlStore
+
+    store = ControlStore(tmp_path / "controls")
+    for rnd in (1, 3, 4):
+        store.save(7, rnd, {"a": np.full(2, rnd, F32)})
+    store.prune(keep_from=3)  # the checkpoint of round 3 needs version 3, not 1
+    assert store._versions(7) == [3, 4]
+    assert store.load(7, 4)["a"].tolist() == [3.0, 3.0]  # round 4 reads what round 3 wrote
+    store.cut_back(3)  # resuming from round 3: version 4 is redone
+    assert store._versions(7) == [3]
+    store.cut_back(0)
+    assert store.load(7, 9) is None
+
+
+def _load(blob: bytes | None) -> dict[str, np.ndarray]:
+    from engine.ledger import deserialize_state
+
+    assert blob is not None
+    return deserialize_state(blob)

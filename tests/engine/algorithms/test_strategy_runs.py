@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import rundir
@@ -23,7 +24,10 @@ def _run(tmp_path: Path, name: str, **extra: object) -> Path:
     return start_run(load_config(QUICKSTART, ov), out=str(tmp_path / name), backend=LocalBackend())
 
 
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"])
+STRATEGIES = ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, strategy: str) -> None:
     ref = _run(tmp_path, "ref", **{"federation.strategy": strategy})
     blob, _ = load_checkpoint(ref / rundir.CHECKPOINTS / "round_00003")
@@ -36,6 +40,46 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, strategy: str)
     assert without_wall(run_records(cut)) == without_wall(run_records(ref))
     again, _ = load_checkpoint(cut / rundir.CHECKPOINTS / "round_00003")
     assert again == blob
+    assert _files(cut / rundir.CONTROLS) == _files(ref / rundir.CONTROLS)  # SCAFFOLD's c_i
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_scaffold_round_one_is_fedavg_and_it_doubles_the_bytes(tmp_path: Path) -> None:
+    """With c = c_i = 0 the first round is FedAvg's exactly; the variates then change round 2.
+    Every client sends dc_i beside its state and receives c beside the global state."""
+    two = {"federation.rounds": 2, "train.optimizer": "sgd", "train.lr": 0.1}
+    avg = run_records(_run(tmp_path, "avg", **two))
+    run = _run(tmp_path, "scaffold", **two, **{"federation.strategy": "scaffold"})
+    sca = run_records(run)
+    assert sca[0]["eval/loss"] == avg[0]["eval/loss"]
+    assert sca[1]["eval/loss"] != avg[1]["eval/loss"]
+    for a, s in zip(avg, sca, strict=True):
+        assert s["comm/bytes_up"] == 2 * a["comm/bytes_up"]
+        assert s["comm/bytes_down"] == 2 * a["comm/bytes_down"]
+        assert s["comm/up_control_variate"] == a["comm/bytes_up"]
+    # the server's c is the mean of every client's newest variate (clients never sampled: 0)
+    from engine.strategies import ControlStore
+
+    blob, _ = load_checkpoint(run / rundir.CHECKPOINTS / "round_00002")
+    _, slots = take_prefixed(blob, "strategy/")
+    store = ControlStore(run / rundir.CONTROLS)
+    variates = [store.load(i, 3) for i in range(6)]
+    assert sum(v is not None for v in variates) >= 3
+    for key, c in slots.items():
+        name = key.removeprefix("strategy/c/")
+        mean = sum(v[name].astype("float64") for v in variates if v is not None) / 6
+        np.testing.assert_allclose(c, mean, rtol=1e-5, atol=1e-7)
+
+
+def test_scaffold_prunes_versions_no_checkpoint_needs(tmp_path: Path) -> None:
+    run = _run(tmp_path, "keep1", **{"federation.strategy": "scaffold", "checkpoint.keep": 1})
+    for client in (run / rundir.CONTROLS).iterdir():
+        assert len(list(client.glob("*.safetensors"))) == 1, client
 
 
 def test_a_server_rule_changes_the_trajectory(tmp_path: Path) -> None:
