@@ -13,7 +13,7 @@ from engine.strategies.base import (
     resolve,
     strategy_params,
 )
-from engine.strategies.scaffold import ControlStore
+from engine.strategies.controls import ControlStore
 
 register_strategy(fedavg.FEDAVG)
 register_strategy(fedavg.FEDPROX)

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import ConfigError
 from engine.ledger import serialize_state
 from engine.registry import Registry
-
-if TYPE_CHECKING:
-    from engine.strategies.scaffold import ControlStore
+from engine.strategies.controls import ControlStore
 
 State = dict[str, np.ndarray]
 Params = Mapping[str, float]
