@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import ray
 import torch
@@ -11,13 +12,17 @@ from ray.exceptions import GetTimeoutError
 from actors.body_server import BodyServer, ServerLink, wait_ready
 from engine.checkpoint import merge_state, split_state
 from engine.errors import FedRayRuntimeError
-from engine.split.server import ServerLost, ServerSpec
+from engine.split.server import ServerLost, ServerSpec, server_lost
 
 # Ray restarts a dead server (re-running its constructor) this many times in a run.
 MAX_RESTARTS = 3
 
 
 class RayBodyServer:
+    """SFPrompt's round server on Ray: the body in a restartable actor (actors/body_server.py)."""
+
+    link: ServerLink  # what the clients call: the actor, through Ray
+
     def __init__(
         self,
         factory: Callable[[], torch.nn.Module],
@@ -48,8 +53,6 @@ class RayBodyServer:
         return self._get(self.handle.body_state.remote(), "reading the server's body")
 
     def lost(self, result: object) -> bool:
-        from engine.algorithms.sfprompt import server_lost
-
         return server_lost(result)
 
     def recover(self) -> None:
@@ -66,6 +69,12 @@ class RayBodyServer:
         if self.spec.train_body:
             self._body = self._body_state()
         return state, {}
+
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        return {}  # the clients' evaluation runs the body through the link
+
+    def write_samples(self, state: dict, path: Path) -> None:
+        return None
 
     def with_state(self, client_blob: bytes) -> bytes:
         return merge_state(client_blob, self._body)

@@ -21,14 +21,14 @@ import psutil
 from harness import Poller, offline
 
 from engine.aggregate import fedavg, fedavg_weights
-from engine.algorithms.fedavg import TRAINING_STREAM, sample_clients
 from engine.checkpoint import load_checkpoint
-from engine.client import ClientRuntime, ClientTask, WorkerSpec
+from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
 from engine.config import RunConfig, load_config
 from engine.ledger import deserialize_state, serialize_state
 from engine.methods import load_trainable_state, trainable_state
 from engine.prepare import Prepared, prepare
-from engine.runner import make_backend, start_run, worker_spec
+from engine.rounds import TRAINING_STREAM, sample_clients
+from engine.runner import make_backend, start_run
 from engine.train import derive_seed, local_train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def make_config(model: str, rounds: int, per_round: int, local_steps: int, cores
 
 
 def round_tasks(cfg: RunConfig, prep: Prepared, rnd: int) -> list[ClientTask]:
-    """The clients, rows and seeds of round `rnd`, exactly as engine.algorithms.fedavg builds them."""
+    """The clients, rows and seeds of round `rnd`, exactly as engine.rounds builds them."""
     fed = cfg.federation
     ids = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd)
     return [

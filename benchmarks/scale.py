@@ -33,10 +33,10 @@ import psutil
 from harness import Poller, offline
 
 from engine import rundir
-from engine.algorithms.fedavg import RoundInputs, sample_clients, unavailable
 from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
 from engine.prepare import prepare
+from engine.rounds import RoundInputs, sample_clients, unavailable
 from engine.runner import _partition_record, start_run
 
 ROOT = Path(__file__).resolve().parent.parent

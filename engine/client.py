@@ -21,7 +21,7 @@ from engine.methods import (
     load_trainable_state,
     trainable_state,
 )
-from engine.models import load_model
+from engine.models import load_model, resolve_pooling
 from engine.train import TrainResult, TrainSpec, evaluate_batches, local_train
 
 
@@ -41,6 +41,24 @@ class WorkerSpec:
     pooling: str = "cls"
     precision: str = "auto"  # train.precision, resolved against the worker's own device
     split: Any = None  # engine.split.client.SplitPlan for SFPrompt, else None
+
+
+def worker_spec(cfg: Any, prep: Any) -> WorkerSpec:
+    """What every client worker builds its model from: the run config and its prepared inputs."""
+    fields = cfg.method.model_dump(exclude={"name", "lr"})
+    return WorkerSpec(
+        model_name=cfg.model.name,
+        task=cfg.model.task,
+        num_labels=prep.splits.num_labels,
+        vocab_size=prep.vocab_size,
+        pad_id=prep.pad_id,
+        seed=cfg.seed,
+        method=cfg.method.name,
+        method_fields=fields,
+        torch_threads=cfg.resources.torch_threads,
+        pooling=resolve_pooling(cfg.model.name, cfg.model.pooling),
+        precision=cfg.train.precision,
+    )
 
 
 def load_base(spec: WorkerSpec) -> torch.nn.Module:

@@ -317,12 +317,7 @@ class RunConfig(_Section):
             strategy, _ = resolve(self.federation.strategy, self.strategy.model_dump())
         except ConfigError as exc:
             raise ValueError(f"{exc.key}: {exc.message}") from None
-        if self.algorithm == "centralized" and strategy.name != "fedavg":
-            raise ValueError(
-                "federation.strategy: centralized training has no server to run "
-                f"{strategy.name}; remove it or use a federated algorithm"
-            )
-        if self.algorithm not in strategy.algorithms + ("centralized",):
+        if self.algorithm not in strategy.algorithms:
             raise ValueError(
                 f"federation.strategy: {strategy.name} does not apply to algorithm "
                 f"{self.algorithm} (only {', '.join(strategy.algorithms)}); choose another strategy"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.algorithms import get_algorithm
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.methods import apply_method, get_method
@@ -18,10 +19,8 @@ from engine.models import model_skeleton, position_limit, resolve_pooling
 
 
 def client_model_name(cfg: RunConfig) -> str:
-    """The model the clients train: FedPT's small LM when it names one, else model.name."""
-    if cfg.algorithm == "fedpt" and cfg.fedpt.small_model is not None:
-        return cfg.fedpt.small_model
-    return cfg.model.name
+    """The model the clients train (FedPT's small LM when it names one), by the algorithm."""
+    return get_algorithm(cfg.algorithm).client_model(cfg)
 
 
 def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | None) -> int | None:
@@ -36,7 +35,7 @@ def check_model(cfg: RunConfig, num_labels: int, vocab_size: int, pad_id: int | 
     pooling = resolve_pooling(name, cfg.model.pooling)
     model = model_skeleton(name, task, num_labels, vocab_size, pad_id, pooling)
     rows = _embedding_rows(model)
-    if cfg.algorithm == "sfprompt":
+    if not get_algorithm(cfg.algorithm).uses_method:  # SFPrompt's splitter checks its own model
         return rows
     check_positions(model, name, cfg.model.max_length, virtual_tokens(cfg))
     prefix = int(getattr(cfg.method, "num_virtual_tokens", 0)) if cfg.method.name == "prefix" else 0

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.algorithms import get_algorithm, supporting
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import RunConfig
 from engine.data.batching import Encoded, Pixels, encode, eval_batches
@@ -97,23 +98,18 @@ def _load_splits(cfg: RunConfig) -> tuple[TextSplits | ImageSplits, Any]:
 def prepare(cfg: RunConfig) -> Prepared:
     d = cfg.data
     check_model_loadable(cfg.model.name)
-    if cfg.algorithm == "sfprompt":
-        from engine.algorithms.sfprompt import check_sfprompt
-
-        check_sfprompt(cfg)
-    if cfg.algorithm == "fedpt":
-        from engine.algorithms.fedpt import check_fedpt
-
-        check_fedpt(cfg)
-    if cfg.privacy.dp and cfg.algorithm != "fedavg":
+    alg = get_algorithm(cfg.algorithm)
+    alg.check(cfg)
+    if cfg.privacy.dp and not alg.dp:
         raise ConfigError(
-            "privacy.dp", f"client-level DP applies to algorithm: fedavg, not {cfg.algorithm}"
+            "privacy.dp",
+            f"client-level DP applies to algorithm: {', '.join(supporting('dp'))}, not {cfg.algorithm}",
         )
-    if cfg.federation.deadline_policy == "partial" and cfg.algorithm == "sfprompt":
+    if cfg.federation.deadline_policy == "partial" and not alg.partial_work:
         raise ConfigError(
             "federation.deadline_policy",
-            "partial work applies to fedavg and fedpt (SFPrompt's steps also wait on the body "
-            "server); use drop",
+            f"partial work applies to {', '.join(supporting('partial_work'))}, not "
+            f"{cfg.algorithm}; use drop",
         )
     splits, tok = _load_splits(cfg)
     if cfg.model.task == "classification" and splits.num_labels < 2:
@@ -131,7 +127,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     # FedPT's server keeps a seeded public share of the train split that no client holds.
     n = len(splits.train_labels)
     public_rows = np.zeros(0, dtype=np.int64)
-    if cfg.algorithm == "fedpt" and cfg.fedpt.public_split == "public":
+    if alg.public_text and cfg.fedpt.public_split == "public":
         k = max(1, round(cfg.fedpt.public_fraction * n))
         public_rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=k, replace=False))
     client_rows = np.setdiff1d(np.arange(n), public_rows)
@@ -159,11 +155,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         check_token_ids(client_model_name(cfg), largest, rows)
     hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
     method = get_method(cfg.method.name)
-    lr = cfg.train.lr or cfg.method.lr or method.default_lr
-    if cfg.algorithm == "sfprompt":  # the method section does not apply: prompts + tail train
-        from engine.algorithms.sfprompt import DEFAULT_LR
-
-        lr = cfg.train.lr or DEFAULT_LR
+    if alg.uses_method:
+        lr = cfg.train.lr or cfg.method.lr or method.default_lr
+    else:  # e.g. SFPrompt: prompts, head and tail train at the algorithm's own rate
+        lr = cfg.train.lr or alg.default_lr
     t = cfg.train
     strategy, params = resolve(cfg.federation.strategy, cfg.strategy.model_dump())
     spec = TrainSpec(
@@ -180,7 +175,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         prox_mu=params["mu"] if strategy.proximal else 0.0,
     )
     public = train
-    if cfg.algorithm == "fedpt" and cfg.fedpt.public_split != "public":
+    if alg.public_text and cfg.fedpt.public_split != "public":
         public, public_rows = _named_public_split(cfg, tok)
     return Prepared(
         public=public,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from engine.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -27,6 +29,13 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._items))
             raise KeyError(f"unknown {self.kind} {name!r} (known: {known})") from None
+
+    def choose(self, name: str, key: str) -> T:
+        """`get` for a user's choice: an unknown name is a ConfigError on config key `key`."""
+        if name not in self._items:
+            known = ", ".join(sorted(self._items))
+            raise ConfigError(key, f"unknown {name!r}; use one of {known}")
+        return self._items[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -14,6 +14,7 @@ from engine.lm.samples import continue_all, prompts, side_by_side, to_markdown
 def run_samples(run_dir: str | Path, n: int = 2, tokens: int = 24) -> Path:
     """`fedray samples RUN_DIR`: greedy continuations of the run's first n held-out texts by the base
     and the tuned model (the last checkpoint's state), written to RUN_DIR/samples.md."""
+    from engine.algorithms import get_algorithm, supporting
     from engine.checkpoint import atomic_write, latest_good_checkpoint, split_state
     from engine.config import load_config
     from engine.ledger import deserialize_state
@@ -31,10 +32,10 @@ def run_samples(run_dir: str | Path, n: int = 2, tokens: int = 24) -> Path:
         raise ConfigError(
             "RUN_DIR", f"{run} trained a {cfg.model.task} model; samples need causal_lm"
         )
-    if cfg.algorithm not in ("fedavg",):
+    if not get_algorithm(cfg.algorithm).samples:
         raise ConfigError(
             "RUN_DIR", f"{run} is a {cfg.algorithm} run; FedPT writes its samples.md itself "
-            "(fedpt.generate), samples here are for federated runs (algorithm: fedavg)"
+            f"(fedpt.generate), samples here are for {', '.join(supporting('samples'))} runs"
         )  # fmt: skip
     found = latest_good_checkpoint(run / "checkpoints")
     if found is None:

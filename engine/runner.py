@@ -13,8 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from engine import rundir
-from engine.algorithms.fedavg import RoundInputs, evaluate_global, run_round
-from engine.backend import LocalBackend
+from engine.algorithms import NoServer, ServerRequest, get_algorithm
 from engine.checkpoint import (
     add_tensors,
     latest_good_checkpoint,
@@ -22,13 +21,13 @@ from engine.checkpoint import (
     save_checkpoint,
     take_prefixed,
 )
-from engine.client import WorkerSpec
+from engine.client import worker_spec
 from engine.clock import load_device_profile
 from engine.config import RunConfig, dump_config, load_config
 from engine.errors import ConfigError
 from engine.ledger import Ledger, deserialize_state
-from engine.models import resolve_pooling
 from engine.prepare import Prepared, prepare
+from engine.rounds import RoundInputs, evaluate_global, run_round
 from engine.strategies import SLOT_PREFIX, ControlStore, ServerOptimizer, resolve
 from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
@@ -36,40 +35,9 @@ from engine.tracking import Tracker
 OnRound = Callable[[dict[str, Any]], None]
 
 
-def worker_spec(cfg: RunConfig, prep: Prepared) -> WorkerSpec:
-    fields = cfg.method.model_dump(exclude={"name", "lr"})
-    return WorkerSpec(
-        model_name=cfg.model.name,
-        task=cfg.model.task,
-        num_labels=prep.splits.num_labels,
-        vocab_size=prep.vocab_size,
-        pad_id=prep.pad_id,
-        seed=cfg.seed,
-        method=cfg.method.name,
-        method_fields=fields,
-        torch_threads=cfg.resources.torch_threads,
-        pooling=resolve_pooling(cfg.model.name, cfg.model.pooling),
-        precision=cfg.train.precision,
-    )
-
-
-def server_cpus(cfg: RunConfig) -> float:
-    """The Ray CPUs of the run's server actor: SFPrompt's body server, FedPT's black box, or none."""
-    return {"sfprompt": cfg.server.num_cpus, "fedpt": cfg.fedpt.server_num_cpus}.get(
-        cfg.algorithm, 0.0
-    )
-
-
-def server_gpus(cfg: RunConfig) -> float:
-    """The Ray GPUs of the run's server actor: SFPrompt's body server, FedPT's black box, or none."""
-    return {"sfprompt": cfg.server.num_gpus, "fedpt": cfg.fedpt.server_num_gpus}.get(
-        cfg.algorithm, 0.0
-    )
-
-
-def server_gpus_key(cfg: RunConfig) -> str:
-    """The config key of server_gpus, for errors."""
-    return "fedpt.server_num_gpus" if cfg.algorithm == "fedpt" else "server.num_gpus"
+def server_request(cfg: RunConfig) -> ServerRequest:
+    """The Ray CPUs and GPUs of the run's server actor (SFPrompt's body, FedPT's black box, or none)."""
+    return get_algorithm(cfg.algorithm).server(cfg)
 
 
 def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, train_spec=None):
@@ -88,18 +56,20 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, trai
         profiles = [load_device_profile(cfg.resources.device_profile)]
     started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
 
+    request = server_request(cfg)
+
     def plan(gpu_share: float | None = None):
         # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs and GPUs first.
         groups, client_group = plan_groups(
             cfg,
             profiles,
-            cluster_cpus() - server_cpus(cfg),
-            free_gpus=cluster_gpus() - server_gpus(cfg),
+            cluster_cpus() - request.num_cpus,
+            free_gpus=cluster_gpus() - request.num_gpus,
             gpu_share=gpu_share,
         )
         if started:
             totals = ray.cluster_resources()
-            check_placeable(cfg, groups, totals, server_gpus(cfg), server_gpus_key(cfg))
+            check_placeable(cfg, groups, totals, request.num_gpus, request.gpus_key)
         if len(groups) > 1:
             print("client workers: " + describe_groups(groups), file=sys.stderr)
         return groups, client_group if len(groups) > 1 else None
@@ -111,7 +81,7 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, trai
             ray.shutdown()
         raise
     packing = None
-    if packs_gpus(cfg, cluster_gpus() - server_gpus(cfg)) and train_spec is not None:
+    if packs_gpus(cfg, cluster_gpus() - request.num_gpus) and train_spec is not None:
         packing = GpuPacking(train_spec, plan)
     # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
     return RayBackend(
@@ -128,7 +98,9 @@ def packs_gpus(cfg: RunConfig, free_gpus: float) -> bool:
     """Whether `client_num_gpus: auto` measures and packs GPUs: a whole GPU is free for the probe
     and the clients train whole models (SFPrompt's split client stays on the CPU for now)."""
     return (
-        cfg.resources.client_num_gpus == "auto" and free_gpus >= 1 and cfg.algorithm != "sfprompt"
+        cfg.resources.client_num_gpus == "auto"
+        and free_gpus >= 1
+        and get_algorithm(cfg.algorithm).packs_gpus
     )
 
 
@@ -159,7 +131,7 @@ def start_run(
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
     # So is a cluster too small for the run (before the run directory exists).
-    if backend is None and cfg.algorithm != "centralized":
+    if backend is None and get_algorithm(cfg.algorithm).federated:
         backend = make_backend(cfg, address, prep.profiles, prep.train_spec)
     elif backend is None:  # centralized on Ray Train: its GPU request must fit the cluster too
         from engine.algorithms.centralized import ray_train_resources
@@ -235,26 +207,20 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
 def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=None) -> Path:
     # Records after the checkpoint a run resumes from (or all, before the first) are redone.
     _cut_back(run_dir, resume_from[2]["round"] if resume_from is not None else 0)
-    if cfg.algorithm == "centralized":
+    alg = get_algorithm(cfg.algorithm)
+    if not alg.federated:
         from engine.algorithms.centralized import run_centralized
 
         resume = (resume_from[1], resume_from[2]) if resume_from is not None else None
         # a backend given for centralized means in process (fedray run --in-process)
         return run_centralized(cfg, prep, run_dir, address, resume, in_process=backend is not None)
     t_start = time.perf_counter()
-    spec = worker_spec(cfg, prep)
     backend = backend or make_backend(cfg, address, prep.profiles, prep.train_spec)
-    server = None
+    server = NoServer()
     try:
-        link = None
-        if cfg.algorithm == "sfprompt":
-            spec, server = start_server(cfg, spec, backend)
-            link = server.link  # client workers call the body server
-        elif cfg.algorithm == "fedpt":
-            from engine.algorithms.fedpt import start_fedpt
-
-            spec, server = start_fedpt(cfg, prep, spec, backend)
-        backend.start(spec, prep.train, prep.test, link=link)
+        # the algorithm's server beside the clients (SFPrompt's body, FedPT's black box), if any
+        spec, server = alg.start(cfg, prep, worker_spec(cfg, prep), backend)
+        backend.start(spec, prep.train, prep.test, link=server.link)
     except BaseException:
         _shutdown(backend, server)
         raise
@@ -269,8 +235,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         optimizer.load_state_dict(slots)
         ledger = Ledger.from_state_dict(meta["ledger"])
         first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
-        if server is not None:
-            blob = server.restore(blob)  # the checkpoint also holds the body a server trains
+        blob = server.restore(blob)  # the checkpoint also holds what a server trains
     history = rundir.read_metrics(run_dir)
     tracker = Tracker(cfg, run_dir)
     inp = _round_inputs(cfg, prep)
@@ -286,7 +251,7 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                 file=sys.stderr,
                 disable=None,
             )
-            if cfg.faults.server_kill_round == rnd and hasattr(server, "crash_after"):
+            if cfg.faults.server_kill_round == rnd:
                 server.crash_after()  # injected: the server actor dies inside a request
             out = run_round(
                 rnd,
@@ -306,8 +271,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                 record.update(
                     evaluate_global(rnd, blob, prep, backend, inp.eval_batch_size, inp.task)
                 )
-                if hasattr(server, "evaluate"):  # FedPT: the proxy-tuned large LM
-                    record.update(server.evaluate(deserialize_state(blob), inp.eval_batch_size))
+                # the server's own evaluation (FedPT: the proxy-tuned large LM)
+                record.update(server.evaluate(deserialize_state(blob), inp.eval_batch_size))
             virtual += record["time/round_virtual_s"]
             record["time/virtual_s"] = virtual
             record["time/round_wall_s"] = time.perf_counter() - t0
@@ -325,15 +290,15 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                     "wall_s": record["time/wall_s"],
                     "virtual_s": virtual,
                 }
-                saved = server.with_state(blob) if server is not None else blob
+                saved = server.with_state(blob)
                 saved = add_tensors(saved, optimizer.state_dict())
                 save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
                 if optimizer.controls is not None:  # what no kept checkpoint needs
                     oldest = list_checkpoints(run_dir / rundir.CHECKPOINTS)[0]
                     optimizer.controls.prune(int(oldest.name.removeprefix("round_")))
-        if hasattr(server, "write_samples"):  # FedPT: greedy samples of the proxy-tuned LM
-            server.write_samples(deserialize_state(blob), run_dir / "samples.md")
-        summary = build_summary(history, ledger, info, cfg, start_s, virtual)
+        # FedPT: greedy samples of the proxy-tuned LM
+        server.write_samples(deserialize_state(blob), run_dir / "samples.md")
+        summary = build_summary(history, ledger, info, cfg, start_s, virtual, alg.label(cfg))
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
         tracker.finish(summary, blob)
     finally:
@@ -352,37 +317,9 @@ def _server_optimizer(cfg: RunConfig, run_dir: Path, last_round: int) -> ServerO
     return ServerOptimizer(strategy, params, controls)
 
 
-def start_server(cfg: RunConfig, spec: WorkerSpec, backend) -> tuple[WorkerSpec, Any]:
-    """SFPrompt: the body server (a DeepSpeed Ray actor, or in-process next to a local backend)."""
-    from functools import partial
-
-    from engine.algorithms.sfprompt import build_body, server_spec, split_plan, with_plan
-
-    plan = split_plan(cfg)
-    spec = with_plan(spec, plan)
-    factory = partial(build_body, spec, plan)
-    if isinstance(backend, LocalBackend):
-        from engine.split.local import LocalBodyServer
-
-        return spec, LocalBodyServer(factory, server_spec(cfg))
-    from actors.body_group import RayBodyServer
-
-    v = cfg.server
-    server = RayBodyServer(
-        factory,
-        server_spec(cfg),
-        v.num_cpus,
-        v.num_gpus,
-        v.torch_threads,
-        cfg.resources.task_timeout_s,
-    )
-    return spec, server
-
-
 def _shutdown(backend, server) -> None:
     try:
-        if server is not None:
-            server.shutdown()
+        server.shutdown()
     finally:
         backend.shutdown()
 

@@ -38,22 +38,13 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def method_label(cfg) -> str:
-    """The method's name; for SFPrompt, what trains where (e.g. prompt10+tail, head+tail+body)."""
-    if cfg.algorithm != "sfprompt":
-        return cfg.method.name
-    s = cfg.split
-    parts = [f"prompt{s.prompt_length}"] if s.prompt_length else []
-    parts += [name for name, on in (("head", s.train_head), ("tail", s.train_tail)) if on]
-    if cfg.server.train_body:
-        parts.append("body")
-    return "+".join(parts)
-
-
 DEVICE_PEAK = "memory/device_peak_bytes/"
 
 
-def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_s: float) -> dict:
+def build_summary(
+    history, ledger: Ledger, info, cfg, startup_s: float, virtual_s: float, method: str
+) -> dict:
+    """summary.json; `method`: the method column (the algorithm's label, e.g. SFPrompt's split)."""
     per_client = [c for r in ledger.rounds() for c in ledger.round_totals(r)["per_client"].values()]
     up = ledger.total_bytes("up")
     down = ledger.total_bytes("down")
@@ -61,7 +52,7 @@ def build_summary(history, ledger: Ledger, info, cfg, startup_s: float, virtual_
         "name": cfg.name,
         "algorithm": cfg.algorithm,
         "strategy": cfg.federation.strategy,
-        "method": method_label(cfg),
+        "method": method,
         "comm_bytes_by_kind": ledger.bytes_by_kind(),
         "metrics": final_metrics(history),
         "best": best_of(history),
@@ -97,7 +88,7 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
     """A plain, aligned results table on stdout."""
     rows = [
         ("run directory", str(run_dir)),
-        ("algorithm / method", f"{cfg.algorithm} / {method_label(cfg)}"),
+        ("algorithm / method", f"{cfg.algorithm} / {summary['method']}"),
     ]
     if cfg.federation.strategy != "fedavg":
         rows.append(("strategy", cfg.federation.strategy))

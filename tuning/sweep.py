@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.algorithms import get_algorithm
 from engine.config import RunConfig, apply_overrides, read_yaml, validate_config
 from engine.errors import ConfigError
 from engine.strict import DuplicateKeyError, load_yaml
@@ -155,11 +156,7 @@ def reported_metrics(cfg: RunConfig) -> set[str]:
         out |= {"eval/perplexity", "eval/accuracy"}
     else:
         out |= {"eval/accuracy", "eval/macro_f1"}
-    if cfg.algorithm == "fedpt":
-        for name in ("proxy", "large", "small_base"):
-            out |= {f"eval/{name}_perplexity", f"eval/{name}_accuracy"}
-        for a in cfg.fedpt.eval_alphas:
-            out |= {f"eval/proxy@{a:g}_perplexity", f"eval/proxy@{a:g}_accuracy"}
+    out |= get_algorithm(cfg.algorithm).metrics(cfg)  # e.g. FedPT's proxy-tuned large LM
     return out
 
 

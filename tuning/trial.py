@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.algorithms import get_algorithm
 from engine.clock import assign_profiles
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.rundir import CONFIG
-from engine.runner import server_cpus, server_gpus
 from tuning.sweep import SweepConfig, trial_config
 
 RUN = "run"  # the trial's fedray run directory, under the trial's folder
@@ -36,7 +36,8 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     from actors.groups import plan_groups
 
     bundles = [{"CPU": sweep.trial.driver_cpus}]
-    server = {"CPU": server_cpus(cfg), "GPU": server_gpus(cfg)}
+    request = get_algorithm(cfg.algorithm).server(cfg)
+    server = {"CPU": request.num_cpus, "GPU": request.num_gpus}
     if any(server.values()):
         bundles.append({k: v for k, v in server.items() if v})
     profiles = assign_profiles(

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from engine import rundir
+from engine.algorithms.base import Algorithm
 from engine.checkpoint import latest_good_checkpoint, save_checkpoint
-from engine.client import ClientRuntime, ClientTask, WorkerSpec
+from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
 from engine.clock import DeviceProfile, client_time_s
 from engine.data.batching import Encoded, eval_batches
 from engine.errors import ConfigError, FedRayRuntimeError
@@ -172,7 +173,6 @@ def make_job(
     cfg, prep, run_dir: Path, resume: tuple[bytes, dict] | None, t_start: float
 ) -> CentralJob:
     """Plain job values from the config; `resume` is (state blob, checkpoint meta) or None."""
-    from engine.runner import worker_spec  # runner imports this module lazily: no import cycle
 
     blob, meta = resume if resume is not None else (None, {})
     return CentralJob(
@@ -265,7 +265,7 @@ def run_centralized(
         raise FedRayRuntimeError(f"centralized training wrote no checkpoint in {run_dir}")
     _, blob, meta = found
     summary = build_summary(
-        history, Ledger(), meta["info"], cfg, meta["startup_s"], meta["virtual_s"]
+        history, Ledger(), meta["info"], cfg, meta["startup_s"], meta["virtual_s"], cfg.method.name
     )
     rundir.write_json(run_dir / rundir.SUMMARY, summary)
     tracker = Tracker(cfg, run_dir)
@@ -274,3 +274,7 @@ def run_centralized(
     tracker.finish(summary, blob)
     print_table(cfg, summary, best_of(history), run_dir)
     return run_dir
+
+
+# The baseline: the union of the clients' data in one job, the same budget, no rounds to aggregate.
+CENTRALIZED = Algorithm(name="centralized", federated=False, partial_work=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.algorithms.base import Algorithm, ServerRequest
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.models import TINY_MODELS, resolve_model_path
@@ -113,3 +114,27 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
         )
         small = server.small_model
     return replace(spec, model_name=small), server
+
+
+def fedpt_metrics(cfg: RunConfig) -> set[str]:
+    """What FedPT's server evaluates beside the small LM: the proxy, the large LM, the base small
+    LM, and the proxy at every alpha of fedpt.eval_alphas."""
+    out: set[str] = set()
+    for name in ("proxy", "large", "small_base"):
+        out |= {f"eval/{name}_perplexity", f"eval/{name}_accuracy"}
+    for a in cfg.fedpt.eval_alphas:
+        out |= {f"eval/proxy@{a:g}_perplexity", f"eval/proxy@{a:g}_accuracy"}
+    return out
+
+
+FEDPT = Algorithm(
+    name="fedpt",
+    check=check_fedpt,
+    public_text=True,
+    client_model=lambda cfg: cfg.fedpt.small_model or cfg.model.name,  # else a layer-drop emulator
+    server=lambda cfg: ServerRequest(
+        cfg.fedpt.server_num_cpus, cfg.fedpt.server_num_gpus, "fedpt.server_num_gpus"
+    ),
+    start=start_fedpt,
+    metrics=fedpt_metrics,
+)

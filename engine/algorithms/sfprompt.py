@@ -1,6 +1,6 @@
 """SFPrompt from config: the client plan, the server spec, the up-front checks and the body builder.
 
-The round itself is FedAvg's (engine.algorithms.fedavg.run_round): clients prune, train locally
+The round itself is the shared one (engine.rounds.run_round): clients prune, train locally
 and train through the server body, then their prompts/tail are averaged. What differs lives in the
 client runtime (engine.split.client) and in the body server (engine.split.server, actors.body_server).
 """
@@ -8,16 +8,19 @@ client runtime (engine.split.client) and in the body server (engine.split.server
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
+from typing import Any
 
 import torch
 
+from engine.algorithms.base import Algorithm, ServerRequest
 from engine.client import WorkerSpec, load_base
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.models import model_skeleton, resolve_pooling
 from engine.split.client import SplitPlan
 from engine.split.model import Body, SplitSpec, check_split, split_model
-from engine.split.server import ServerLost, ServerSpec
+from engine.split.server import ServerSpec
 
 # Prompts and a freshly initialised classifier learn at prompt-tuning rates (FedPETuning's
 # prompt default); a trainable head or tail block is fine at it with AdamW and clipping.
@@ -93,6 +96,50 @@ def with_plan(spec: WorkerSpec, plan: SplitPlan) -> WorkerSpec:
     return replace(spec, split=plan)
 
 
-def server_lost(result: object) -> bool:
-    """A client task that failed because the body server died (directly or wrapped by Ray)."""
-    return isinstance(result, ServerLost) or isinstance(getattr(result, "cause", None), ServerLost)
+def start_sfprompt(cfg: RunConfig, prep: Any, spec: WorkerSpec, backend: Any):
+    """The body server (a DeepSpeed Ray actor, or in process next to a local backend) and the
+    clients' spec with the split plan."""
+    from engine.backend import LocalBackend
+
+    plan = split_plan(cfg)
+    spec = with_plan(spec, plan)
+    factory = partial(build_body, spec, plan)
+    if isinstance(backend, LocalBackend):
+        from engine.split.local import LocalBodyServer
+
+        return spec, LocalBodyServer(factory, server_spec(cfg))
+    from actors.body_group import RayBodyServer
+
+    v = cfg.server
+    server = RayBodyServer(
+        factory,
+        server_spec(cfg),
+        v.num_cpus,
+        v.num_gpus,
+        v.torch_threads,
+        cfg.resources.task_timeout_s,
+    )
+    return spec, server
+
+
+def split_label(cfg: RunConfig) -> str:
+    """What trains where (e.g. prompt10+tail, head+tail+body): SFPrompt's method column."""
+    s = cfg.split
+    parts = [f"prompt{s.prompt_length}"] if s.prompt_length else []
+    parts += [name for name, on in (("head", s.train_head), ("tail", s.train_tail)) if on]
+    if cfg.server.train_body:
+        parts.append("body")
+    return "+".join(parts)
+
+
+SFPROMPT = Algorithm(
+    name="sfprompt",
+    check=check_sfprompt,
+    uses_method=False,  # prompts, head and tail train at SFPrompt's own rate
+    default_lr=DEFAULT_LR,
+    partial_work=False,  # its steps also wait on the body server
+    packs_gpus=False,  # the split client stays on the CPU for now
+    server=lambda cfg: ServerRequest(cfg.server.num_cpus, cfg.server.num_gpus, "server.num_gpus"),
+    start=start_sfprompt,
+    label=split_label,
+)

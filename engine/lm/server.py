@@ -39,6 +39,7 @@ class FedPTRoundServer:
     """
 
     memory: Memory
+    link = None  # clients never call the black box: only this server does
 
     def _call(self, method: str, *args: Any) -> tuple[Any, int]:
         """FedPTServer.<method>(*args), and how many restarts it took (0 in process)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,8 @@ class LocalBodyServer:
 
     At ZeRO stage 0 (the default) the body runs on plain torch, so an in-process run needs no
     DeepSpeed; stages 1-3 run DeepSpeed here too."""
+
+    link: LocalLink  # what the clients call: this process's body
 
     def __init__(self, factory: Callable[[], torch.nn.Module], spec: ServerSpec) -> None:
         self.runtime = BodyRuntime(factory(), spec, use_deepspeed=spec.zero_stage > 0)
@@ -31,6 +34,15 @@ class LocalBodyServer:
     def end_round(self, weights: dict[int, float], state: dict, round: int) -> tuple[dict, dict]:
         self.runtime.end_round(weights)
         return state, {}
+
+    def evaluate(self, state: dict, batch_size: int) -> dict[str, float]:
+        return {}  # the clients' evaluation runs the body through the link
+
+    def write_samples(self, state: dict, path: Path) -> None:
+        return None
+
+    def crash_after(self) -> None:
+        """Fault injection (faults.server_kill_round): nothing to kill in process."""
 
     def with_state(self, client_blob: bytes) -> bytes:
         body = serialize_state(self.runtime.body_state()) if self.trains else None

@@ -417,3 +417,8 @@ def _wire_dtype(a: np.ndarray, name: str) -> np.dtype:
     if a.dtype not in _WIRE_DTYPES:
         raise ValueError(f"{name} must be float32 or float16 on the wire, got {a.dtype}")
     return a.dtype
+
+
+def server_lost(result: object) -> bool:
+    """A client task that failed because the body server died (directly or wrapped by Ray)."""
+    return isinstance(result, ServerLost) or isinstance(getattr(result, "cause", None), ServerLost)

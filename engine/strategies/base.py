@@ -60,11 +60,7 @@ def register_strategy(strategy: Strategy) -> Strategy:
 
 
 def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES.get(name)
-    except KeyError:
-        known = ", ".join(STRATEGIES.names())
-        raise ConfigError("federation.strategy", f"unknown {name!r}; use one of {known}") from None
+    return STRATEGIES.choose(name, "federation.strategy")
 
 
 def strategy_params(strategy: Strategy, given: Mapping[str, float | None]) -> dict[str, float]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from engine.strategies.base import Strategy
 
-FEDAVG = Strategy(name="fedavg")  # the (weighted) mean of the clients' states
+# the (weighted) mean of the clients' states; centralized training runs it trivially (no server)
+FEDAVG = Strategy(name="fedavg", algorithms=("fedavg", "sfprompt", "fedpt", "centralized"))
 
 FEDPROX = Strategy(
     name="fedprox",

@@ -10,14 +10,14 @@ import torch
 
 from actors.gpu_share import pack_gpu
 from actors.groups import plan_groups
-from engine.client import ClientRuntime, ClientTask
+from engine.client import ClientRuntime, ClientTask, worker_spec
 from engine.clock import load_device_profile
 from engine.config import load_config
 from engine.cost import memory_estimate
 from engine.device import memory_cap
 from engine.errors import ClientOutOfMemory, ConfigError
 from engine.prepare import prepare
-from engine.runner import packs_gpus, worker_spec
+from engine.runner import packs_gpus
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -90,7 +90,7 @@ def test_dp_outside_fedavg_exits_2(tmp_path: Path, capsys) -> None:
 
 
 def test_poisson_sampling_draws_each_client_with_probability_q() -> None:
-    from engine.algorithms.fedavg import sample_clients
+    from engine.rounds import sample_clients
 
     draws = [sample_clients(50, 5, seed=0, round=r, poisson=True) for r in range(4000)]
     assert np.array_equal(draws[7], sample_clients(50, 5, seed=0, round=7, poisson=True))
@@ -115,7 +115,7 @@ def test_a_poisson_private_run_varies_its_clients_and_keeps_the_accounting(tmp_p
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", over)
     run = start_run(cfg, out=str(tmp_path / "p"), backend=LocalBackend())
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    from engine.algorithms.fedavg import sample_clients
+    from engine.rounds import sample_clients
 
     for r in recs:  # the round's clients are the seeded Poisson draw
         assert r["clients/sampled"] == len(sample_clients(6, 3, cfg.seed, r["round"], True))

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.algorithms.fedavg import RoundInputs, arrivals, round_duration, unavailable
 from engine.backend import LocalBackend
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import load_config
 from engine.errors import ConfigError
+from engine.rounds import RoundInputs, arrivals, round_duration, unavailable
 from engine.runner import start_run
 from tests.conftest import tiny_overrides
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from engine.aggregate import fedavg
-from engine.algorithms.fedavg import RoundInputs, max_by_device, run_round, sample_clients
 from engine.backend import LocalBackend
-from engine.client import ClientRuntime
+from engine.client import ClientRuntime, worker_spec
 from engine.config import validate_config
 from engine.ledger import Ledger, deserialize_state
 from engine.prepare import prepare
-from engine.runner import worker_spec
+from engine.rounds import RoundInputs, max_by_device, run_round, sample_clients
 
 
 def test_sampling_is_a_pure_function_of_seed_and_round() -> None:
@@ -64,8 +63,8 @@ def test_round_aggregates_exactly_the_client_updates(setup, weighted: bool) -> N
     assert sorted(r.client_id for r in seen) == ids.tolist()
     # Recompute each client's update on a separate runtime and average by hand.
     other = ClientRuntime(worker_spec(cfg, prep), prep.train, prep.test)
-    from engine.algorithms.fedavg import TRAINING_STREAM
     from engine.client import ClientTask
+    from engine.rounds import TRAINING_STREAM
     from engine.train import derive_seed
 
     states, sizes = [], []

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.algorithms.fedavg import RoundInputs, arrivals, flops_budget
 from engine.backend import LocalBackend
 from engine.client import ClientTask, make_runtime
 from engine.clock import DeviceProfile
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.prepare import prepare
+from engine.rounds import RoundInputs, arrivals, flops_budget
 from engine.runner import start_run, worker_spec
 from tests.conftest import tiny_overrides
 
