@@ -261,8 +261,8 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
                 backend,
                 ledger,
                 lambda _r, bar=bar: bar.update(1),
-                server,
-                optimizer,
+                server=server,
+                optimizer=optimizer,
             )
             bar.close()
             blob = out.blob

@@ -88,7 +88,7 @@ def test_server_crash_mid_round_is_retried_and_changes_nothing(
         if rnd == 2:
             import ray
 
-            server = args[-1]
+            server = kwargs["server"]
             ray.get(server.handle.crash_after.remote(3), timeout=60)  # dies inside a request
         return real_round(rnd, *args, **kwargs)
 
