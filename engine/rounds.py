@@ -90,26 +90,96 @@ def run_round(
     server: RoundServer | None = None,
     optimizer: ServerOptimizer | None = None,
 ) -> RoundOutcome:
-    """One round: sample, train, aggregate, then `optimizer` (the run's strategy; None: FedAvg)
-    turns the aggregate into the next global state before a `server` ends the round."""
+    """One round: sample and train clients, account for what they spent, accept the reports the
+    deadline and over-sampling allow, aggregate them through `optimizer` (the run's strategy; None:
+    FedAvg), let `server` (the algorithm's; None: no server) end the round, and record it."""
     optimizer = optimizer or ServerOptimizer(FEDAVG, {})
     server = server or NoServer()
     global_state = deserialize_state(global_blob)
+    t = _train(round, global_blob, global_state, inp, prep, backend, on_result, server, optimizer)
+    rows, times = _account(round, t.ok, inp, ledger, optimizer.control_traffic(global_state))
+    if not t.ok and t.failed and not any(isinstance(r, str) for r in t.results.values()):
+        from engine.errors import FedRayRuntimeError  # every client crashed: not a device limit
+
+        raise FedRayRuntimeError(f"round {round}: every sampled client failed: {t.failed}")
+    idle = {r.client_id for r in t.ok if r.train.partial and r.train.steps == 0}
+    accepted, late = arrivals(times, inp, idle)
+    t.dropped.update(late)
+    partial = {r.client_id for r in t.ok if r.train.partial}
+    for row in rows:
+        row["accepted"] = row["client"] in accepted
+        if inp.partial:
+            row["partial"] = row["client"] in partial
+        if row["client"] in late:
+            row["dropped"] = late[row["client"]]
+    used = [r for r in t.ok if r.client_id in accepted]
+    new_state, server_record = _aggregate(round, used, global_state, inp, server, optimizer)
+    round_s, straggler = round_duration(times, accepted, late, inp)
+    record = {
+        "round": round,
+        **_traffic_totals(ledger, round),
+        "time/round_virtual_s": round_s,
+        "clients/sampled": len(t.ids),
+        "clients/completed": len(used),
+        "clients/failed": len(t.failed),
+        "clients/dropped": len(t.dropped),
+        "clients/retried": int(getattr(backend, "last_retries", 0)),
+        # dead worker processes replaced so far in this run (a killed task, a lost node)
+        "clients/workers_replaced": int(getattr(backend, "replaced", 0)),
+        "clients/straggler": straggler,
+    }
+    if t.failed:
+        record["clients/failed_reasons"] = t.failed
+    if inp.partial:  # aggregated updates from clients that ran only part of their local work
+        record["clients/partial"] = len(partial & accepted)
+    if t.dropped:
+        record["clients/dropped_reasons"] = {c: t.dropped[c] for c in sorted(t.dropped)}
+    record["server/restarts"] = t.restarts
+    record.update(server_record)
+    record.update(_client_summaries(t.ok, inp))
+    return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
+
+
+@dataclass
+class _Trained:
+    """What the clients of a round came back with."""
+
+    ids: np.ndarray  # sampled
+    dropped: dict[int, str]  # client -> why it did not count (unavailable, then late)
+    results: dict[int, Any]  # client -> ClientResult, or why it failed
+    ok: list[ClientResult]  # the results that arrived, in client order
+    failed: dict[int, str]
+    restarts: int  # the server died mid-round and the round was redone (0 or 1)
+
+
+def _train(
+    round: int,
+    global_blob: bytes,
+    global_state: dict[str, np.ndarray],
+    inp: RoundInputs,
+    prep: Prepared,
+    backend: Backend,
+    on_result: Callable[[ClientResult], None],
+    server: RoundServer,
+    optimizer: ServerOptimizer,
+) -> _Trained:
+    """Sample the round's clients and train those that show up; a client over its device's
+    memory is failed (its app would be killed: its update never arrives)."""
     ids = sample_clients(inp.num_clients, inp.sampled(), inp.seed, round, inp.poisson)
     dropped = unavailable(ids, inp, round)
-    ids_run = [int(c) for c in ids if int(c) not in dropped]
     tasks = [
         ClientTask(
             round=round,
-            client_id=int(c),
+            client_id=c,
             rows=prep.parts[c],
-            seed=derive_seed(inp.seed, round, int(c), TRAINING_STREAM),
+            seed=derive_seed(inp.seed, round, c, TRAINING_STREAM),
             spec=inp.spec,
-            fault=injected_fault(inp, round, int(c)),
-            flops_budget=flops_budget(inp, int(c), len(global_blob)),
-            correction=optimizer.correction(int(c), round, global_state),
+            fault=injected_fault(inp, round, c),
+            flops_budget=flops_budget(inp, c, len(global_blob)),
+            correction=optimizer.correction(c, round, global_state),
         )
-        for c in ids_run
+        for c in (int(c) for c in ids)
+        if c not in dropped
     ]
     results = backend.run_clients(tasks, global_blob, on_result) if tasks else {}
     restarts = 0
@@ -120,7 +190,7 @@ def run_round(
         restarts = 1
         results = backend.run_clients(tasks, global_blob, on_result)
     ok = [results[c] for c in sorted(results) if isinstance(results[c], ClientResult)]
-    if inp.enforce_memory:  # an app over the device's memory is killed: its update never arrives
+    if inp.enforce_memory:
         for r in ok:
             dev = inp.device(r.client_id)
             if r.peak_memory_bytes > dev.memory_bytes:
@@ -134,9 +204,15 @@ def run_round(
         for c, r in results.items()
         if not isinstance(r, ClientResult)
     }
+    return _Trained(ids, dropped, results, ok, failed, restarts)
+
+
+def _account(
+    round: int, ok: list[ClientResult], inp: RoundInputs, ledger: Ledger, control: dict[str, int]
+) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """Record every arrived client's bytes and compute in the ledger; its clients.jsonl row and
+    its virtual finish time. `control`: the strategy's extra messages per client (SCAFFOLD)."""
     rows, times = [], {}
-    partial = {r.client_id for r in ok if r.train.partial}
-    control = optimizer.control_traffic(global_state)  # SCAFFOLD: c down, dc_i up
     for r in ok:
         r.traffic.update(control)
         down = ledger.record(round, r.client_id, "down", "trainable_state", r.bytes_down)
@@ -167,22 +243,20 @@ def run_round(
                 "device": dev.name,
             }
         )
-    if not ok and failed and not any(isinstance(r, str) for r in results.values()):
-        from engine.errors import FedRayRuntimeError  # every client crashed: not a device limit
+    return rows, times
 
-        raise FedRayRuntimeError(f"round {round}: every sampled client failed: {failed}")
-    idle = {r.client_id for r in ok if r.train.partial and r.train.steps == 0}
-    accepted, late = arrivals(times, inp, idle)
-    dropped.update(late)
-    for row in rows:
-        row["accepted"] = row["client"] in accepted
-        if inp.partial:
-            row["partial"] = row["client"] in partial
-        if row["client"] in late:
-            row["dropped"] = late[row["client"]]
-    used = [r for r in ok if r.client_id in accepted]
+
+def _aggregate(
+    round: int,
+    used: list[ClientResult],
+    global_state: dict[str, np.ndarray],
+    inp: RoundInputs,
+    server: RoundServer,
+    optimizer: ServerOptimizer,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The next global state from the accepted reports, and what the server side records."""
     states = [deserialize_state(r.blob) for r in used]
-    server_record = optimizer.commit_controls(
+    record = optimizer.commit_controls(
         round,
         [(r.client_id, y, r.train.steps) for r, y in zip(used, states, strict=True)],
         global_state,
@@ -200,53 +274,41 @@ def run_round(
         q = inp.clients_per_round / inp.num_clients
         dp_record["privacy/epsilon"] = epsilon(z, q, round, delta)
         new_state, step_record = optimizer.step(global_state, noisy)  # post-processing
-        server_record.update(dp_record | step_record)
-    elif used:
-        weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
-        aggregate = fedavg(states, weights)
-        new_state, step_record = optimizer.step(global_state, aggregate)
-        server_record.update(step_record)
-        client_weights = {r.client_id: float(w) for r, w in zip(used, weights, strict=True)}
-        new_state, end_record = server.end_round(client_weights, new_state, round)
-        server_record.update(end_record)
-    else:  # nobody reported in time: the global state (and the optimizer's slots) stay
-        new_state = global_state
-    round_s, straggler = round_duration(times, accepted, late, inp)
+        return new_state, record | dp_record | step_record
+    if not used:  # nobody reported in time: the global state (and the optimizer's slots) stay
+        return global_state, record
+    weights = fedavg_weights([r.train.num_samples for r in used], inp.weighted)
+    new_state, step_record = optimizer.step(global_state, fedavg(states, weights))
+    client_weights = {r.client_id: float(w) for r, w in zip(used, weights, strict=True)}
+    new_state, end_record = server.end_round(client_weights, new_state, round)
+    return new_state, record | step_record | end_record
+
+
+def _traffic_totals(ledger: Ledger, round: int) -> dict[str, int]:
     totals = ledger.round_totals(round)
-    record = {
-        "round": round,
+    return {
         "comm/bytes_up": totals["bytes_up"],
         "comm/bytes_down": totals["bytes_down"],
         "comm/bytes_total_cum": ledger.cumulative_bytes(),
-        "time/round_virtual_s": round_s,
-        "clients/sampled": len(ids),
-        "clients/completed": len(used),
-        "clients/failed": len(failed),
-        "clients/dropped": len(dropped),
-        "clients/retried": int(getattr(backend, "last_retries", 0)),
-        # dead worker processes replaced so far in this run (a killed task, a lost node)
-        "clients/workers_replaced": int(getattr(backend, "replaced", 0)),
-        "clients/straggler": straggler,
+    }
+
+
+def _client_summaries(ok: list[ClientResult], inp: RoundInputs) -> dict[str, Any]:
+    """The round record's per-client aggregates: loss, FLOPs, slowest wall time and GPU peak per
+    device, the means of algorithm-specific figures and the totals of split traffic kinds."""
+    out: dict[str, Any] = {
         "train/loss": float(np.mean([r.train.loss for r in ok])) if ok else float("nan"),
         "client/flops_mean": float(np.mean([r.train.flops for r in ok])) if ok else 0.0,
     }
-    if failed:
-        record["clients/failed_reasons"] = failed
-    if inp.partial:  # aggregated updates from clients that ran only part of their local work
-        record["clients/partial"] = len(partial & accepted)
-    if dropped:
-        record["clients/dropped_reasons"] = {c: dropped[c] for c in sorted(dropped)}
-    record["server/restarts"] = restarts
-    record.update(server_record)
     for dev, wall in max_by_device(ok, inp, lambda r: r.wall_s).items():
-        record[f"time/round_wall_s/{dev}"] = wall  # how long each device's workers took (real s)
+        out[f"time/round_wall_s/{dev}"] = wall  # how long each device's workers took (real s)
     for dev, peak in max_by_device(ok, inp, lambda r: r.device_peak_bytes).items():
-        record[DEVICE_PEAK + dev] = peak  # measured on GPU workers only
+        out[DEVICE_PEAK + dev] = peak  # measured on GPU workers only
     for name in sorted({k for r in ok for k in r.extra}):
-        record[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
+        out[f"client/{name}_mean"] = float(np.mean([r.extra.get(name, np.nan) for r in ok]))
     for name in sorted({k for r in ok for k in r.traffic}):
-        record[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
-    return RoundOutcome(blob=serialize_state(new_state), record=record, clients=rows)
+        out[f"comm/{name.replace('/', '_')}"] = int(sum(r.traffic.get(name, 0) for r in ok))
+    return out
 
 
 def max_by_device(
