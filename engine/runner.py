@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,8 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
 
 
 def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=None) -> Path:
-    # Records after the checkpoint a run resumes from (or all, before the first) are redone.
-    _cut_back(run_dir, resume_from[2]["round"] if resume_from is not None else 0)
+    last = resume_from[2]["round"] if resume_from is not None else 0
+    _cut_back(run_dir, last)  # records after the checkpoint a run resumes from are redone
     alg = get_algorithm(cfg.algorithm)
     if not alg.federated:
         from engine.algorithms.centralized import run_centralized
@@ -215,96 +216,120 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
         # a backend given for centralized means in process (fedray run --in-process)
         return run_centralized(cfg, prep, run_dir, address, resume, in_process=backend is not None)
     t_start = time.perf_counter()
-    backend = backend or make_backend(cfg, address, prep.profiles, prep.train_spec)
-    server = NoServer()
-    try:
-        # the algorithm's server beside the clients (SFPrompt's body, FedPT's black box), if any
-        spec, server = alg.start(cfg, prep, worker_spec(cfg, prep), backend)
-        backend.start(spec, prep.train, prep.test, link=server.link)
-    except BaseException:
-        _shutdown(backend, server)
-        raise
-    info = backend.info()
-    start_s = time.perf_counter() - t_start
-    ledger, first, wall0, virtual = Ledger(), 1, 0.0, 0.0
-    blob = backend.initial_state()
-    optimizer = _server_optimizer(cfg, run_dir, resume_from[2]["round"] if resume_from else 0)
-    if resume_from is not None:
-        _, blob, meta = resume_from
-        blob, slots = take_prefixed(blob, SLOT_PREFIX)  # the strategy's momentum and moments
-        optimizer.load_state_dict(slots)
-        ledger = Ledger.from_state_dict(meta["ledger"])
-        first, wall0, virtual = meta["round"] + 1, meta["wall_s"], meta["virtual_s"]
-        blob = server.restore(blob)  # the checkpoint also holds what a server trains
-    history = rundir.read_metrics(run_dir)
-    tracker = Tracker(cfg, run_dir)
+    backend, server = _start_clients(cfg, prep, alg, address, backend)
+    info, start_s = backend.info(), time.perf_counter() - t_start
+    optimizer = _server_optimizer(cfg, run_dir, last)
+    run = _Progress.begin(backend.initial_state(), server, optimizer, resume_from)
+    history, tracker = rundir.read_metrics(run_dir), Tracker(cfg, run_dir)
     inp = _round_inputs(cfg, prep)
-    rounds = cfg.federation.rounds
     try:
-        for rnd in range(first, rounds + 1):
-            t0 = time.perf_counter()
-            bar = tqdm(
-                total=inp.clients_per_round,
-                desc=f"round {rnd}/{rounds}",
-                unit="client",
-                leave=False,
-                file=sys.stderr,
-                disable=None,
-            )
-            if cfg.faults.server_kill_round == rnd:
-                server.crash_after()  # injected: the server actor dies inside a request
-            out = run_round(
-                rnd,
-                blob,
-                inp,
-                prep,
-                backend,
-                ledger,
-                lambda _r, bar=bar: bar.update(1),
-                server=server,
-                optimizer=optimizer,
-            )
-            bar.close()
-            blob = out.blob
-            record = out.record
-            if rnd % cfg.eval.every == 0 or rnd == rounds:
-                record.update(
-                    evaluate_global(rnd, blob, prep, backend, inp.eval_batch_size, inp.task)
-                )
-                # the server's own evaluation (FedPT: the proxy-tuned large LM)
-                record.update(server.evaluate(deserialize_state(blob), inp.eval_batch_size))
-            virtual += record["time/round_virtual_s"]
-            record["time/virtual_s"] = virtual
-            record["time/round_wall_s"] = time.perf_counter() - t0
-            record["time/wall_s"] = wall0 + time.perf_counter() - t_start
+        for rnd in range(run.first, cfg.federation.rounds + 1):
+            record, clients = _round(cfg, rnd, run, inp, prep, backend, server, optimizer)
+            record["time/wall_s"] = run.wall0 + time.perf_counter() - t_start
             rundir.append_metrics(run_dir, record)
-            _append_clients(run_dir, out.clients)
+            _append_clients(run_dir, clients)
             history.append(record)
             tracker.log(record)
             print_round(record)
             if on_round is not None:
                 on_round(record)
-            if rnd % cfg.checkpoint.every == 0 or rnd == rounds:
-                meta = {
-                    "ledger": ledger.state_dict(),
-                    "wall_s": record["time/wall_s"],
-                    "virtual_s": virtual,
-                }
-                saved = server.with_state(blob)
-                saved = add_tensors(saved, optimizer.state_dict())
-                save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
-                if optimizer.controls is not None:  # what no kept checkpoint needs
-                    oldest = list_checkpoints(run_dir / rundir.CHECKPOINTS)[0]
-                    optimizer.controls.prune(int(oldest.name.removeprefix("round_")))
+            if rnd % cfg.checkpoint.every == 0 or rnd == cfg.federation.rounds:
+                _checkpoint(cfg, run_dir, rnd, run, server, optimizer, record["time/wall_s"])
         # FedPT: greedy samples of the proxy-tuned LM
-        server.write_samples(deserialize_state(blob), run_dir / "samples.md")
-        summary = build_summary(history, ledger, info, cfg, start_s, virtual, alg.label(cfg))
+        server.write_samples(deserialize_state(run.blob), run_dir / "samples.md")
+        summary = build_summary(
+            history, run.ledger, info, cfg, start_s, run.virtual, alg.label(cfg)
+        )
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
-        tracker.finish(summary, blob)
+        tracker.finish(summary, run.blob)
     finally:
         _shutdown(backend, server)
     print_table(cfg, summary, best_of(history), run_dir)
     return run_dir
+
+
+def _start_clients(cfg: RunConfig, prep: Prepared, alg, address, backend) -> tuple[Any, Any]:
+    """The client workers and the algorithm's server beside them (SFPrompt's body, FedPT's black
+    box; FedAvg's NoServer); both are shut down if either fails to start."""
+    backend = backend or make_backend(cfg, address, prep.profiles, prep.train_spec)
+    server = NoServer()
+    try:
+        spec, server = alg.start(cfg, prep, worker_spec(cfg, prep), backend)
+        backend.start(spec, prep.train, prep.test, link=server.link)
+    except BaseException:
+        _shutdown(backend, server)
+        raise
+    return backend, server
+
+
+@dataclass
+class _Progress:
+    """Where a run stands between rounds: what a checkpoint saves beside the servers' state."""
+
+    blob: bytes  # the global trainable state
+    ledger: Ledger
+    first: int  # the next round to run
+    wall0: float  # wall seconds of the run before this process (a resumed run)
+    virtual: float  # virtual seconds so far
+
+    @classmethod
+    def begin(cls, initial: bytes, server, optimizer: ServerOptimizer, resume_from) -> _Progress:
+        if resume_from is None:
+            return cls(initial, Ledger(), 1, 0.0, 0.0)
+        _, blob, meta = resume_from
+        blob, slots = take_prefixed(blob, SLOT_PREFIX)  # the strategy's momentum and moments
+        optimizer.load_state_dict(slots)
+        blob = server.restore(blob)  # the checkpoint also holds what a server trains
+        ledger = Ledger.from_state_dict(meta["ledger"])
+        return cls(blob, ledger, meta["round"] + 1, meta["wall_s"], meta["virtual_s"])
+
+
+def _round(cfg, rnd: int, run: _Progress, inp, prep, backend, server, optimizer):
+    """Run round `rnd` (with its progress bar) and evaluate when due: the round's record (without
+    the run's wall time) and its clients' rows."""
+    t0 = time.perf_counter()
+    rounds = cfg.federation.rounds
+    bar = tqdm(
+        total=inp.clients_per_round,
+        desc=f"round {rnd}/{rounds}",
+        unit="client",
+        leave=False,
+        file=sys.stderr,
+        disable=None,
+    )
+    if cfg.faults.server_kill_round == rnd:
+        server.crash_after()  # injected: the server actor dies inside a request
+    out = run_round(
+        rnd,
+        run.blob,
+        inp,
+        prep,
+        backend,
+        run.ledger,
+        lambda _r: bar.update(1),
+        server=server,
+        optimizer=optimizer,
+    )
+    bar.close()
+    run.blob, record = out.blob, out.record
+    if rnd % cfg.eval.every == 0 or rnd == rounds:
+        record.update(evaluate_global(rnd, run.blob, prep, backend, inp.eval_batch_size, inp.task))
+        # the server's own evaluation (FedPT: the proxy-tuned large LM)
+        record.update(server.evaluate(deserialize_state(run.blob), inp.eval_batch_size))
+    run.virtual += record["time/round_virtual_s"]
+    record["time/virtual_s"] = run.virtual
+    record["time/round_wall_s"] = time.perf_counter() - t0
+    return record, out.clients
+
+
+def _checkpoint(cfg, run_dir: Path, rnd: int, run: _Progress, server, optimizer, wall_s: float):
+    """Save round `rnd`: the global state, the server's and the strategy's, the ledger, clocks."""
+    meta = {"ledger": run.ledger.state_dict(), "wall_s": wall_s, "virtual_s": run.virtual}
+    saved = add_tensors(server.with_state(run.blob), optimizer.state_dict())
+    save_checkpoint(run_dir / rundir.CHECKPOINTS, rnd, saved, meta, cfg.checkpoint.keep)
+    if optimizer.controls is not None:  # SCAFFOLD: drop what no kept checkpoint needs
+        oldest = list_checkpoints(run_dir / rundir.CHECKPOINTS)[0]
+        optimizer.controls.prune(int(oldest.name.removeprefix("round_")))
 
 
 def _server_optimizer(cfg: RunConfig, run_dir: Path, last_round: int) -> ServerOptimizer:
