@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.algorithms import get_algorithm, supporting
+from engine.algorithms import Algorithm, get_algorithm, supporting
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import RunConfig
 from engine.data.batching import Encoded, Pixels, encode, eval_batches
@@ -96,8 +96,54 @@ def _load_splits(cfg: RunConfig) -> tuple[TextSplits | ImageSplits, Any]:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    d = cfg.data
     check_model_loadable(cfg.model.name)
+    alg = _check_algorithm(cfg)
+    splits, tok = _load_splits(cfg)
+    if cfg.model.task == "classification" and splits.num_labels < 2:
+        raise ConfigError(
+            "data.label_key", f"{cfg.data.name} has {splits.num_labels} label(s); need >= 2"
+        )
+    profile = load_device_profile(cfg.resources.device_profile)
+    fed = cfg.federation
+    if fed.num_clients > len(splits.train_labels):  # before anything is sized by the client count
+        raise ConfigError(
+            "federation.num_clients",
+            f"{fed.num_clients} clients > {len(splits.train_labels)} training rows; use fewer clients",
+        )
+    profiles = assign_profiles(
+        cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
+    )
+    parts, public_rows = _client_parts(cfg, splits, alg)
+    pad_id = int(tok.pad_token_id) if tok is not None else 0
+    vocab_size = len(tok) if tok is not None else 0
+    rows = check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
+    train, test = _encode_splits(cfg, splits, tok)
+    if isinstance(train, Encoded):
+        largest = max((int(e.ids.max()) for e in (train, test) if len(e.ids)), default=0)
+        check_token_ids(client_model_name(cfg), largest, rows)
+    spec = _train_spec(cfg, alg, pad_id)
+    public = train
+    if alg.public_text and cfg.fedpt.public_split != "public":
+        public, public_rows = _named_public_split(cfg, tok)
+    return Prepared(
+        public=public,
+        public_rows=public_rows,
+        splits=splits,
+        train=train,
+        test=test,
+        parts=parts,
+        histograms=label_histograms(parts, splits.train_labels, max(splits.num_labels, 1)),
+        profile=profile,
+        profiles=profiles,
+        train_spec=spec,
+        lr=spec.lr,
+        pad_id=pad_id,
+        vocab_size=vocab_size,
+    )
+
+
+def _check_algorithm(cfg: RunConfig) -> Algorithm:
+    """The run's algorithm, after its own checks and those of what it does not compose with."""
     alg = get_algorithm(cfg.algorithm)
     alg.check(cfg)
     if cfg.privacy.dp and not alg.dp:
@@ -111,21 +157,13 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"partial work applies to {', '.join(supporting('partial_work'))}, not "
             f"{cfg.algorithm}; use drop",
         )
-    splits, tok = _load_splits(cfg)
-    if cfg.model.task == "classification" and splits.num_labels < 2:
-        raise ConfigError("data.label_key", f"{d.name} has {splits.num_labels} label(s); need >= 2")
-    profile = load_device_profile(cfg.resources.device_profile)
-    fed = cfg.federation
-    if fed.num_clients > len(splits.train_labels):  # before anything is sized by the client count
-        raise ConfigError(
-            "federation.num_clients",
-            f"{fed.num_clients} clients > {len(splits.train_labels)} training rows; use fewer clients",
-        )
-    profiles = assign_profiles(
-        cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
-    )
-    # FedPT's server keeps a seeded public share of the train split that no client holds.
-    n = len(splits.train_labels)
+    return alg
+
+
+def _client_parts(cfg: RunConfig, splits, alg: Algorithm) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each client's train rows, and the public rows the algorithm's server keeps (FedPT: a seeded
+    share of the train split that no client holds); every client must get data."""
+    d, n = cfg.data, len(splits.train_labels)
     public_rows = np.zeros(0, dtype=np.int64)
     if alg.public_text and cfg.fedpt.public_split == "public":
         k = max(1, round(cfg.fedpt.public_fraction * n))
@@ -136,7 +174,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         d.partition.kind,
         labels=splits.train_labels[client_rows],
         groups=[groups[i] for i in client_rows] if groups is not None else None,
-        num_clients=fed.num_clients,
+        num_clients=cfg.federation.num_clients,
         alpha=d.partition.alpha,
         seed=cfg.seed,
     )
@@ -146,22 +184,19 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(
             "federation.num_clients", f"clients {empty[:5]} get no data; use fewer clients"
         )
-    pad_id = int(tok.pad_token_id) if tok is not None else 0
-    vocab_size = len(tok) if tok is not None else 0
-    rows = check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
-    train, test = _encode_splits(cfg, splits, tok)
-    if isinstance(train, Encoded):
-        largest = max((int(e.ids.max()) for e in (train, test) if len(e.ids)), default=0)
-        check_token_ids(client_model_name(cfg), largest, rows)
-    hist = label_histograms(parts, splits.train_labels, max(splits.num_labels, 1))
-    method = get_method(cfg.method.name)
-    if alg.uses_method:
-        lr = cfg.train.lr or cfg.method.lr or method.default_lr
-    else:  # e.g. SFPrompt: prompts, head and tail train at the algorithm's own rate
-        lr = cfg.train.lr or alg.default_lr
+    return parts, public_rows
+
+
+def _train_spec(cfg: RunConfig, alg: Algorithm, pad_id: int) -> TrainSpec:
+    """How clients train: the train section, the learning rate (train.lr, else the method's, else
+    the algorithm's own when the method section does not apply) and the strategy's proximal term."""
     t = cfg.train
+    if alg.uses_method:
+        lr = t.lr or cfg.method.lr or get_method(cfg.method.name).default_lr
+    else:  # e.g. SFPrompt: prompts, head and tail train at the algorithm's own rate
+        lr = t.lr or alg.default_lr
     strategy, params = resolve(cfg.federation.strategy, cfg.strategy.model_dump())
-    spec = TrainSpec(
+    return TrainSpec(
         batch_size=t.batch_size,
         epochs=t.local_epochs,
         steps=t.local_steps,
@@ -173,24 +208,6 @@ def prepare(cfg: RunConfig) -> Prepared:
         task=cfg.model.task,
         pad_id=pad_id,
         prox_mu=params["mu"] if strategy.proximal else 0.0,
-    )
-    public = train
-    if alg.public_text and cfg.fedpt.public_split != "public":
-        public, public_rows = _named_public_split(cfg, tok)
-    return Prepared(
-        public=public,
-        public_rows=public_rows,
-        splits=splits,
-        train=train,
-        test=test,
-        parts=parts,
-        histograms=hist,
-        profile=profile,
-        profiles=profiles,
-        train_spec=spec,
-        lr=lr,
-        pad_id=pad_id,
-        vocab_size=vocab_size,
     )
 
 
