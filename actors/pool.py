@@ -18,6 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.gpu_share import GpuShare, measure_share
 from actors.groups import WorkerGroup
+from actors.hosting import RayHosting
 from engine.backend import OnResult
 from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
@@ -42,6 +43,8 @@ class GpuPacking:
 
 
 class RayBackend:
+    hosting = RayHosting()  # an algorithm's server runs in a Ray actor of its own
+
     def __init__(
         self,
         groups: Sequence[WorkerGroup],

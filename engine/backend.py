@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec, make_runtime
 from engine.data.batching import Encoded
+from engine.hosting import Hosting, LocalHosting
 
 OnResult = Callable[[ClientResult], None]
 
@@ -17,6 +18,7 @@ class Backend(Protocol):
     """Where client tasks run. `actors.pool.RayBackend` is the default; `LocalBackend` is for debugging."""
 
     num_workers: int
+    hosting: Hosting  # where an algorithm's server runs (engine/hosting.py)
 
     def start(
         self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None
@@ -41,6 +43,7 @@ class LocalBackend:
     """Runs everything in this process on one model: simple, slow, handy under a debugger."""
 
     num_workers = 1
+    hosting = LocalHosting()  # an algorithm's server runs here too
 
     def __init__(self) -> None:
         self.runtime: ClientRuntime | None = None

@@ -23,8 +23,6 @@ EXCEPTIONS = {
     "engine.cli": {"tuning"},  # the CLI belongs above every layer
     "engine.runner": {"actors", "ray"},  # make_backend: starts Ray and the worker pool
     "engine.algorithms.centralized": {"actors"},  # the Ray Train job
-    "engine.algorithms.fedpt": {"actors", "ray"},  # FedPT's host actor
-    "engine.algorithms.sfprompt": {"actors"},  # SFPrompt's body server actor
 }
 # import cycles still present, as sorted tuples of modules
 CYCLES = {

@@ -74,14 +74,13 @@ def check_same_tokenizer(large: str, small: str) -> None:
 
 
 def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any, Any]:
-    """The FedPT server (with the black box and the clients' small LM, built first) and the
-    clients' spec: on Ray one actor on the black box's device (actors/lm_server.py), in process
-    the same objects in the driver, on its device."""
+    """The FedPT server (with the black box and the clients' small LM, built first), where the
+    backend hosts servers (one Ray actor on the black box's device, or this process), and the
+    clients' spec on that small LM."""
     from dataclasses import replace
     from functools import partial
 
-    from engine.backend import LocalBackend
-    from engine.lm.small import load_lm, small_model_path
+    from engine.lm.small import load_lm
 
     factory = partial(load_lm, cfg.model.name, cfg.seed, prep.pad_id)
     f = cfg.fedpt
@@ -90,29 +89,7 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
         "dtype": f.server_dtype,
         "kernel_inject": f.kernel_inject,
     }
-    data = (prep.public, prep.public_rows, prep.test, prep.pad_id)
-    if isinstance(backend, LocalBackend):
-        from engine.device import local_device
-        from engine.lm.blackbox import BlackBoxLM, LocalLMLink
-        from engine.lm.server import FedPTServer, LocalFedPTServer
-
-        device = local_device()
-        small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id, device)
-        link = LocalLMLink(BlackBoxLM(factory(), **blackbox))
-        server: Any = LocalFedPTServer(FedPTServer(cfg, small, link, *data, device=device))
-    else:
-        import ray
-
-        from actors.lm_server import FedPTHost, FedPTHostLink
-
-        data_ref = ray.put(data)  # held by `start`: every host (a replacement too) reads it
-        host = FedPTHost.options(num_cpus=f.server_num_cpus, num_gpus=f.server_num_gpus)
-        threads = cfg.resources.torch_threads
-        server = FedPTHostLink(
-            lambda: host.remote(cfg, data_ref, factory, blackbox, threads),
-            cfg.resources.task_timeout_s,
-        )
-        small = server.small_model
+    small, server = backend.hosting.fedpt_server(cfg, prep, factory, blackbox)
     return replace(spec, model_name=small), server
 
 

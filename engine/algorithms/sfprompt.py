@@ -97,29 +97,10 @@ def with_plan(spec: WorkerSpec, plan: SplitPlan) -> WorkerSpec:
 
 
 def start_sfprompt(cfg: RunConfig, prep: Any, spec: WorkerSpec, backend: Any):
-    """The body server (a DeepSpeed Ray actor, or in process next to a local backend) and the
-    clients' spec with the split plan."""
-    from engine.backend import LocalBackend
-
+    """The body server, where the backend hosts servers, and the clients' spec with the split plan."""
     plan = split_plan(cfg)
     spec = with_plan(spec, plan)
-    factory = partial(build_body, spec, plan)
-    if isinstance(backend, LocalBackend):
-        from engine.split.local import LocalBodyServer
-
-        return spec, LocalBodyServer(factory, server_spec(cfg))
-    from actors.body_group import RayBodyServer
-
-    v = cfg.server
-    server = RayBodyServer(
-        factory,
-        server_spec(cfg),
-        v.num_cpus,
-        v.num_gpus,
-        v.torch_threads,
-        cfg.resources.task_timeout_s,
-    )
-    return spec, server
+    return spec, backend.hosting.body_server(partial(build_body, spec, plan), server_spec(cfg), cfg)
 
 
 def split_label(cfg: RunConfig) -> str:
