@@ -10,6 +10,11 @@ from typing import Any, Protocol
 import torch
 
 from engine.algorithms.base import RoundServer
+from engine.device import local_device
+from engine.lm.blackbox import BlackBoxLM, LocalLMLink
+from engine.lm.server import FedPTServer, LocalFedPTServer
+from engine.lm.small import small_model_path
+from engine.split.local import LocalBodyServer
 from engine.split.server import ServerSpec
 
 
@@ -27,16 +32,9 @@ class LocalHosting:
     """Servers in this process, on its device (in-process runs, debugging, tests)."""
 
     def body_server(self, factory, spec: ServerSpec, cfg: Any) -> RoundServer:
-        from engine.split.local import LocalBodyServer
-
         return LocalBodyServer(factory, spec)
 
     def fedpt_server(self, cfg: Any, prep: Any, factory, blackbox: dict) -> tuple[str, RoundServer]:
-        from engine.device import local_device
-        from engine.lm.blackbox import BlackBoxLM, LocalLMLink
-        from engine.lm.server import FedPTServer, LocalFedPTServer
-        from engine.lm.small import small_model_path
-
         device = local_device()
         small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id, device)
         link = LocalLMLink(BlackBoxLM(factory(), **blackbox))
