@@ -1,0 +1,193 @@
+"""Strategies under label skew: every federated optimizer on the quickstart, rates tuned, several seeds.
+
+    Full (hours on 2 cores):     .venv/bin/python benchmarks/strategies.py
+    Machinery check (~5 min):    .venv/bin/python benchmarks/strategies.py --smoke
+Options: --alphas "[0.1, 1.0]" --strategies "[fedavg, fedadam]" --seeds 2 --rounds 8 --set key=value
+         --out benchmarks/out
+
+For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the client learning rate and the
+strategy's own rate (server_lr, or FedProx's mu) picks the setting with the best final accuracy; that setting is
+then run again with seeds 1..N (never the tuning seed). Tuning reads the test split (fedray has no validation
+split yet): the chosen rates are optimistic for every strategy alike. Prints a table (final accuracy mean +- std
+over the seeds, accuracy per evaluated round, MB up per client and round, the tuned rates) and writes
+strategies.json beside the sweeps and runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, offline, run_experiment  # noqa: E402
+
+offline()
+
+BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
+STRATEGIES = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"]
+CLIENT_LRS = [5e-4, 2e-3]
+# The strategy's own knob, tuned beside the client rate (None: the client rate alone).
+OWN_GRID: dict[str, tuple[str, list[float]] | None] = {
+    "fedavg": None,
+    "fedprox": ("strategy.mu", [0.01, 0.1]),
+    "fedavgm": ("strategy.server_lr", [0.1, 0.3]),  # momentum 0.9: effective rates 1 and 3
+    "fedadam": ("strategy.server_lr", [0.003, 0.01, 0.03]),
+    "fedyogi": ("strategy.server_lr", [0.003, 0.01, 0.03]),
+    "fedadagrad": ("strategy.server_lr", [0.01, 0.03, 0.1]),
+    "scaffold": None,  # server_lr 1 as in the paper
+}
+SMOKE = ["model.name=tiny-bert-random", "model.max_length=64", "data.max_train_samples=200",
+         "data.max_test_samples=64", "train.local_steps=2", "train.batch_size=8"]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--alphas", default="[0.1, 1.0]", help="Dirichlet concentrations (YAML list)")
+    p.add_argument("--strategies", default=None, help=f"YAML list (default: all {len(STRATEGIES)})")
+    p.add_argument("--seeds", type=int, default=2, help="repeats of each tuned setting (>= 1)")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--smoke", action="store_true", help="tiny random BERT, 2 rounds, 1 seed")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    args = p.parse_args(argv)
+    args.alphas = [float(a) for a in yaml.safe_load(args.alphas)]
+    args.strategies = yaml.safe_load(args.strategies) if args.strategies else list(STRATEGIES)
+    unknown = sorted(set(args.strategies) - set(STRATEGIES))
+    if unknown or args.seeds < 1 or args.rounds < 1 or not args.alphas:
+        p.error(f"--strategies from {STRATEGIES} (unknown: {unknown}); --seeds, --rounds >= 1")
+    return args
+
+
+def fixed(args: argparse.Namespace, alpha: float, strategy: str) -> dict[str, Any]:
+    """The overrides every run of one (alpha, strategy) cell shares."""
+    out: dict[str, Any] = {
+        "federation.rounds": 2 if args.smoke else args.rounds,
+        "eval.every": 2,
+        "data.partition.kind": "dirichlet",
+        "data.partition.alpha": alpha,
+        "federation.strategy": strategy,
+        "wandb.mode": "disabled",
+    }
+    for item in (SMOKE if args.smoke else []) + args.set:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def space(strategy: str, smoke: bool = False) -> dict[str, dict[str, list[float]]]:
+    """The tuning grid of one strategy: the client rate x its own knob (one point each in --smoke)."""
+    grid = {"train.lr": {"grid": CLIENT_LRS[-1:] if smoke else CLIENT_LRS}}
+    own = OWN_GRID[strategy]
+    if own is not None:
+        key, values = own
+        grid[key] = {"grid": values[:1] if smoke else values}
+    return grid
+
+
+def sweep_file(folder: Path, name: str, overrides: dict[str, Any], grid: dict) -> Path:
+    sweep = {
+        "name": name,
+        "base": str(BASE_CONFIG),
+        "overrides": {**overrides, "resources.num_workers": 1, "resources.client_num_cpus": 0.5},
+        "space": grid,
+        "metric": "eval/accuracy",
+        "mode": "max",
+        "scheduler": {"name": "fifo"},
+        "trial": {"driver_cpus": 0.5, "workers": 1},
+        "wandb": {"mode": "disabled"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def tune(path: Path, out: Path) -> dict[str, Any]:
+    """Run one sweep; the best trial's parameters."""
+    from tuning.tune import run_sweep
+
+    with contextlib.redirect_stdout(sys.stderr):
+        sweep_dir = run_sweep(str(path), out=str(out))
+    rows = json.loads((sweep_dir / "results.json").read_text())["rows"]
+    done = [r for r in rows if r["final"] is not None]
+    if not done:
+        raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
+    return max(done, key=lambda r: r["final"])["params"]
+
+
+def cell(args, alpha: float, strategy: str, out: Path) -> dict[str, Any]:
+    name = f"{strategy}_a{alpha:g}"
+    base = fixed(args, alpha, strategy)
+    t0 = time.perf_counter()
+    params = tune(
+        sweep_file(out / "sweeps", name, base, space(strategy, args.smoke)), out / "sweeps" / name
+    )
+    tune_s = time.perf_counter() - t0
+    runs = []
+    for seed in range(1, (1 if args.smoke else args.seeds) + 1):
+        overrides = [f"{k}={v}" for k, v in {**base, **params, "seed": seed}.items()]
+        runs.append(run_experiment(BASE_CONFIG, overrides, out / "runs" / f"{name}_s{seed}"))
+    return summarize(alpha, strategy, params, runs, tune_s)
+
+
+def summarize(alpha: float, strategy: str, params: dict, runs: list[dict], tune_s: float) -> dict:
+    """One table row from the seeds' runs: final accuracy mean and std, accuracy per round, bytes."""
+    finals, per_round = [], {}
+    for res in runs:
+        evals = [(r["round"], r["eval/accuracy"]) for r in res["records"] if "eval/accuracy" in r]
+        finals.append(evals[-1][1])
+        for rnd, acc in evals:
+            per_round.setdefault(rnd, []).append(acc)
+    return {
+        "alpha": alpha,
+        "strategy": strategy,
+        "tuned": params,
+        "accuracy_mean": statistics.fmean(finals),
+        "accuracy_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "accuracy_by_round": {r: statistics.fmean(v) for r, v in sorted(per_round.items())},
+        "mb_up_per_client_round": runs[0]["summary"]["bytes_up_per_client_round"] / 1e6,
+        "seeds": len(runs),
+        "tune_s": tune_s,
+        "runs_s": sum(r["wall_s"] for r in runs),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    rounds = sorted({r for row in rows for r in row["accuracy_by_round"]}, key=int)
+    head = ["Dirichlet alpha", "strategy", "tuned", "final accuracy (mean +- std)",
+            *[f"r{r}" for r in rounds], "MB up / client-round"]  # fmt: skip
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        tuned = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in row["tuned"].items())
+        accs = [f"{row['accuracy_by_round'].get(r, float('nan')):.3f}" for r in rounds]
+        out.append("| " + " | ".join([f"{row['alpha']:g}", row["strategy"], tuned,
+                   f"{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}", *accs,
+                   f"{row['mb_up_per_client_round']:.2f}"]) + " |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out) / f"strategies_{time.strftime('%Y%m%d-%H%M%S')}"
+    rows, t0 = [], time.perf_counter()
+    for alpha in args.alphas:
+        for strategy in args.strategies:
+            print(f"== Dirichlet {alpha:g}, {strategy}", file=sys.stderr, flush=True)
+            rows.append(cell(args, alpha, strategy, out))
+            (out / "strategies.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    table = markdown(rows)
+    print(table)
+    print(f"total wall time {time.perf_counter() - t0:.0f} s; {out / 'strategies.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
