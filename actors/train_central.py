@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from actors.cluster import fence_gpus
-from engine.algorithms.centralized import CentralJob, train_rounds
-from engine.errors import FedRayRuntimeError
+from actors.cluster import cluster_gpus, fence_gpus, init_ray
+from actors.groups import device_resources
+from engine.algorithms.centralized import RAY_TRAIN_DIR, CentralJob, train_rounds
+from engine.clock import DeviceProfile
+from engine.errors import ConfigError, FedRayRuntimeError
 
 
 def central_loop(config: dict[str, Any]) -> None:
@@ -64,3 +67,38 @@ def _root_cause(exc: BaseException) -> str:
         exc = next(iter(failures.values()))
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def central_gpus(cfg, profile: DeviceProfile, cluster_gpus: float) -> float:
+    """The Ray Train worker's GPUs: one whole GPU under `client_num_gpus: auto` when the cluster has
+    one (a single trainer needs no packing), else the request a client of `profile` would make.
+    A ConfigError when that is more than the cluster has (Ray Train would wait forever)."""
+    share = 1.0 if cfg.resources.client_num_gpus == "auto" and cluster_gpus >= 1 else None
+    gpus = device_resources(cfg, profile, share).num_gpus
+    if gpus > cluster_gpus + 1e-9:
+        raise ConfigError(
+            "resources.client_num_gpus",
+            f"the centralized trainer asks for {gpus:g} GPUs but this Ray has {cluster_gpus:g}; "
+            "lower it (0 trains on CPUs) or run on a cluster with GPUs (ray.address)",
+        )
+    return gpus
+
+
+def ray_train_resources(cfg, prep, address: str | None) -> tuple[float, float]:
+    """Start (or join) Ray; the (CPUs, GPUs) of the Ray Train worker, checked against the cluster."""
+    init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    cpus = device_resources(cfg, prep.profile).num_cpus
+    return cpus, central_gpus(cfg, prep.profile, cluster_gpus())
+
+
+def fit_on_ray(job: CentralJob, cfg, prep, run_dir: Path, address: str | None) -> None:
+    """The job's rounds on one Ray Train worker (sized as the experiment's device; on a GPU when
+    the cluster has one and `resources.client_num_gpus` allows it)."""
+    cpus, gpus = ray_train_resources(cfg, prep, address)
+    fit_central(
+        job,
+        storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
+        name=f"central-from-round-{job.first_round}",
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )

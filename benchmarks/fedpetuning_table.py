@@ -149,7 +149,7 @@ def cell_raw(base: dict[str, Any], method: str, partition: str, lr: float) -> di
 
 def run_cell(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """One real fedray run in-process; its summary.json plus the outer wall time."""
-    from engine.runner import start_run
+    from actors.launch import start_run
 
     cfg = validate_config(raw)
     t0 = time.perf_counter()

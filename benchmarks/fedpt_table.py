@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(
     config: Path, overrides: list[str], run_dir: Path, in_process: bool = False
 ) -> dict[str, Any]:
+    from actors.launch import start_run
     from engine.backend import LocalBackend
-    from engine.runner import start_run
 
     cfg = validate_config(apply_overrides(read_yaml(config), overrides))
     t0 = time.perf_counter()

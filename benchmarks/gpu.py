@@ -136,10 +136,10 @@ def _metrics(run_dir: Path) -> list[str]:
 
 def child(run_dir: str, sets: list[str]) -> None:
     """One in-process run capped at FEDRAY_GPU_SHARE of the GPU (a stand-in for a Ray worker)."""
+    from actors.launch import start_run
     from engine.backend import LocalBackend
     from engine.config import apply_overrides, read_yaml, validate_config
     from engine.device import cap_gpu_memory
-    from engine.runner import start_run
 
     cap_gpu_memory(float(os.environ["FEDRAY_GPU_SHARE"]))
     cfg = validate_config(apply_overrides(read_yaml(BASE_CONFIG), sets))

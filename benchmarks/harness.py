@@ -31,8 +31,8 @@ def offline() -> None:
 
 def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
     """One real fedray run in-process (on the local Ray): summary, records, client rows, wall time."""
+    from actors.launch import start_run
     from engine.config import apply_overrides, read_yaml, validate_config
-    from engine.runner import start_run
 
     cfg = validate_config(apply_overrides(read_yaml(base), overrides))
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 from harness import Poller, offline
 
+from actors.launch import make_backend, start_run
 from engine.aggregate import fedavg, fedavg_weights
 from engine.checkpoint import load_checkpoint
 from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
@@ -28,7 +29,6 @@ from engine.ledger import deserialize_state, serialize_state
 from engine.methods import load_trainable_state, trainable_state
 from engine.prepare import Prepared, prepare
 from engine.rounds import TRAINING_STREAM, sample_clients
-from engine.runner import make_backend, start_run
 from engine.train import derive_seed, local_train
 
 ROOT = Path(__file__).resolve().parent.parent

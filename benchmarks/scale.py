@@ -32,12 +32,13 @@ from typing import Any
 import psutil
 from harness import Poller, offline
 
+from actors.launch import start_run
 from engine import rundir
 from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
 from engine.prepare import prepare
 from engine.rounds import RoundInputs, sample_clients, unavailable
-from engine.runner import _partition_record, start_run
+from engine.runner import _partition_record
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1  # the ceiling for both ratios

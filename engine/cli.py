@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(args.action, args.name)
     try:
+        from actors.launch import resume_run, start_run
         from engine.config import load_config
-        from engine.runner import resume_run, start_run
 
         if args.command in ("run", "resume"):
             backend = _in_process_backend(args)

@@ -22,8 +22,10 @@ def serialize_state(state: Mapping[str, np.ndarray]) -> bytes:
 
 
 def deserialize_state(blob: bytes) -> dict[str, np.ndarray]:
-    """Inverse of `serialize_state`: fresh, writable arrays."""
-    return safetensors.numpy.load(blob)
+    """Inverse of `serialize_state`: fresh, writable arrays, keyed in sorted order (safetensors hands
+    them back in a different order on every call, and a sum over a state's tensors must not depend
+    on it)."""
+    return dict(sorted(safetensors.numpy.load(blob).items()))
 
 
 @dataclass(frozen=True)

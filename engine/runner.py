@@ -1,4 +1,5 @@
-"""Drive a federated run: run directory, Ray pool, rounds, checkpoints, summary; and resume."""
+"""Drive a run: run directory, rounds, checkpoints, summary; and resume. Where the work happens is a
+`Launch`: in this process here, on Ray in actors/launch.py (which also sizes the Ray worker pool)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
 from engine import rundir
-from engine.algorithms import NoServer, ServerRequest, get_algorithm
+from engine.algorithms import NoServer, get_algorithm
+from engine.algorithms.centralized import fit_here, run_centralized
+from engine.backend import Backend, LocalBackend
 from engine.checkpoint import (
     add_tensors,
     latest_good_checkpoint,
@@ -23,7 +26,6 @@ from engine.checkpoint import (
     take_prefixed,
 )
 from engine.client import worker_spec
-from engine.clock import load_device_profile
 from engine.config import RunConfig, dump_config, load_config
 from engine.errors import ConfigError
 from engine.ledger import Ledger, deserialize_state
@@ -36,73 +38,31 @@ from engine.tracking import Tracker
 OnRound = Callable[[dict[str, Any]], None]
 
 
-def server_request(cfg: RunConfig) -> ServerRequest:
-    """The Ray CPUs and GPUs of the run's server actor (SFPrompt's body, FedPT's black box, or none)."""
-    return get_algorithm(cfg.algorithm).server(cfg)
+class Launch(Protocol):
+    """Where a run's work happens: on Ray (actors/launch.py: RayLaunch) or in this process."""
+
+    def backend(self, cfg: RunConfig, prep: Prepared) -> Backend: ...  # the client workers
+
+    def check_central(self, cfg: RunConfig, prep: Prepared) -> None: ...  # its resources fit
+
+    def fit_central(self, cfg: RunConfig, prep: Prepared, run_dir: Path) -> Callable: ...
 
 
-def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, train_spec=None):
-    """Start (or join) Ray and size the client worker groups from config and cluster resources.
+class InProcess:
+    """Everything in this process: the given backend (else a LocalBackend), the centralized job's
+    rounds here too; no Ray is imported."""
 
-    `profiles`: each client's device (prepare's); a worker group per distinct resource request.
-    `train_spec`: what a GPU probe trains one step of when `client_num_gpus: auto` packs GPUs.
-    """
-    import ray
+    def __init__(self, backend: Backend | None = None) -> None:
+        self._backend = backend
 
-    from actors.cluster import cluster_cpus, cluster_gpus, init_ray
-    from actors.groups import check_placeable, describe_groups, plan_groups
-    from actors.pool import GpuPacking, RayBackend
+    def backend(self, cfg: RunConfig, prep: Prepared) -> Backend:
+        return self._backend or LocalBackend()
 
-    if profiles is None:
-        profiles = [load_device_profile(cfg.resources.device_profile)]
-    started = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
+    def check_central(self, cfg: RunConfig, prep: Prepared) -> None:
+        return None
 
-    request = server_request(cfg)
-
-    def plan(gpu_share: float | None = None):
-        # The server actor (SFPrompt's body, FedPT's black box) takes its CPUs and GPUs first.
-        groups, client_group = plan_groups(
-            cfg,
-            profiles,
-            cluster_cpus() - request.num_cpus,
-            free_gpus=cluster_gpus() - request.num_gpus,
-            gpu_share=gpu_share,
-        )
-        if started:
-            totals = ray.cluster_resources()
-            check_placeable(cfg, groups, totals, request.num_gpus, request.gpus_key)
-        if len(groups) > 1:
-            print("client workers: " + describe_groups(groups), file=sys.stderr)
-        return groups, client_group if len(groups) > 1 else None
-
-    try:
-        groups, client_group = plan()
-    except ConfigError:
-        if started:
-            ray.shutdown()
-        raise
-    packing = None
-    if packs_gpus(cfg, cluster_gpus() - request.num_gpus) and train_spec is not None:
-        packing = GpuPacking(train_spec, plan)
-    # A Ray this run started is stopped with the pool; a joined cluster or session is left running.
-    return RayBackend(
-        groups,
-        client_group,
-        cfg.resources.task_timeout_s,
-        owns_ray=started,
-        retries=cfg.faults.client_retries,
-        packing=packing,
-    )
-
-
-def packs_gpus(cfg: RunConfig, free_gpus: float) -> bool:
-    """Whether `client_num_gpus: auto` measures and packs GPUs: a whole GPU is free for the probe
-    and the clients train whole models (SFPrompt's split client stays on the CPU for now)."""
-    return (
-        cfg.resources.client_num_gpus == "auto"
-        and free_gpus >= 1
-        and get_algorithm(cfg.algorithm).packs_gpus
-    )
+    def fit_central(self, cfg: RunConfig, prep: Prepared, run_dir: Path) -> Callable:
+        return fit_here
 
 
 def _partition_record(prep: Prepared) -> dict[str, Any]:
@@ -121,23 +81,24 @@ def _partition_record(prep: Prepared) -> dict[str, Any]:
 def start_run(
     cfg: RunConfig,
     out: str | None = None,
-    address: str | None = None,
-    backend=None,
+    backend: Backend | None = None,
     on_round: OnRound | None = None,
+    launch: Launch | None = None,
 ) -> Path:
-    """Validate inputs, create the run directory and run every round.
+    """Validate inputs, create the run directory and run every round, where `launch` says (default:
+    in this process, on `backend` or a LocalBackend; Ray: actors.launch.start_run).
 
     `on_round(record)` sees each round's record once it is written (e.g. a Tune trial reports it).
     """
+    launch = launch or InProcess(backend)
     prep = prepare(cfg)  # every user error is raised here, before anything is written
     run_dir = rundir.new_run_dir(out, cfg.name)
     # So is a cluster too small for the run (before the run directory exists).
-    if backend is None and get_algorithm(cfg.algorithm).federated:
-        backend = make_backend(cfg, address, prep.profiles, prep.train_spec)
-    elif backend is None:  # centralized on Ray Train: its GPU request must fit the cluster too
-        from engine.algorithms.centralized import ray_train_resources
-
-        ray_train_resources(cfg, prep, address)
+    backend = None
+    if get_algorithm(cfg.algorithm).federated:
+        backend = launch.backend(cfg, prep)
+    else:  # the centralized job's request must fit the cluster too
+        launch.check_central(cfg, prep)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write(run_dir / rundir.CONFIG, dump_config(cfg))
@@ -147,7 +108,7 @@ def start_run(
             backend.shutdown()
         raise
     try:
-        return _execute(cfg, prep, run_dir, address, backend, None, on_round)
+        return _execute(cfg, prep, run_dir, launch, backend, None, on_round)
     except ConfigError:  # found at start (e.g. a measured client step fits no GPU)
         if not (run_dir / rundir.METRICS).exists():  # no round ran: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -155,9 +116,14 @@ def start_run(
 
 
 def resume_run(
-    run_dir: str | Path, address: str | None = None, backend=None, on_round: OnRound | None = None
+    run_dir: str | Path,
+    backend: Backend | None = None,
+    on_round: OnRound | None = None,
+    launch: Launch | None = None,
 ) -> Path:
-    """Continue a run from its newest verified checkpoint; the result equals an uninterrupted run."""
+    """Continue a run from its newest verified checkpoint (where `launch` says, as start_run); the
+    result equals an uninterrupted run."""
+    launch = launch or InProcess(backend)
     path = Path(run_dir)
     if not (path / rundir.CONFIG).is_file():
         raise ConfigError(
@@ -176,7 +142,7 @@ def resume_run(
             f"resume: {path} continues after round {found[2]['round']} ({found[0].name})",
             file=sys.stderr,
         )
-    return _execute(cfg, prep, path, address, backend, found, on_round)
+    return _execute(cfg, prep, path, launch, None, found, on_round)
 
 
 def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
@@ -205,18 +171,16 @@ def _round_inputs(cfg: RunConfig, prep: Prepared) -> RoundInputs:
     )
 
 
-def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=None) -> Path:
+def _execute(cfg, prep, run_dir: Path, launch: Launch, backend, resume_from, on_round=None) -> Path:
     last = resume_from[2]["round"] if resume_from is not None else 0
     _cut_back(run_dir, last)  # records after the checkpoint a run resumes from are redone
     alg = get_algorithm(cfg.algorithm)
     if not alg.federated:
-        from engine.algorithms.centralized import run_centralized
-
         resume = (resume_from[1], resume_from[2]) if resume_from is not None else None
-        # a backend given for centralized means in process (fedray run --in-process)
-        return run_centralized(cfg, prep, run_dir, address, resume, in_process=backend is not None)
+        fit = launch.fit_central(cfg, prep, run_dir)
+        return run_centralized(cfg, prep, run_dir, fit, resume)
     t_start = time.perf_counter()
-    backend, server = _start_clients(cfg, prep, alg, address, backend)
+    backend, server = _start_clients(cfg, prep, alg, backend or launch.backend(cfg, prep))
     info, start_s = backend.info(), time.perf_counter() - t_start
     optimizer = _server_optimizer(cfg, run_dir, last)
     run = _Progress.begin(backend.initial_state(), server, optimizer, resume_from)
@@ -248,10 +212,9 @@ def _execute(cfg, prep, run_dir: Path, address, backend, resume_from, on_round=N
     return run_dir
 
 
-def _start_clients(cfg: RunConfig, prep: Prepared, alg, address, backend) -> tuple[Any, Any]:
-    """The client workers and the algorithm's server beside them (SFPrompt's body, FedPT's black
-    box; FedAvg's NoServer); both are shut down if either fails to start."""
-    backend = backend or make_backend(cfg, address, prep.profiles, prep.train_spec)
+def _start_clients(cfg: RunConfig, prep: Prepared, alg, backend: Backend) -> tuple[Any, Any]:
+    """Start the client workers and the algorithm's server beside them (SFPrompt's body, FedPT's
+    black box; FedAvg's NoServer); both are shut down if either fails to start."""
     server = NoServer()
     try:
         spec, server = alg.start(cfg, prep, worker_spec(cfg, prep), backend)

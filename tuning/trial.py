@@ -73,7 +73,7 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> Non
     """The Tune function trainable: run (or, after a restore, resume) the trial's fedray run."""
     from ray import tune
 
-    from engine.runner import resume_run, start_run
+    from actors.launch import resume_run, start_run
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(sweep, params)

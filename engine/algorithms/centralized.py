@@ -39,7 +39,7 @@ from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
 from engine.clock import DeviceProfile, client_time_s
 from engine.data.batching import Encoded, eval_batches
-from engine.errors import ConfigError, FedRayRuntimeError
+from engine.errors import FedRayRuntimeError
 from engine.ledger import Ledger
 from engine.summary import print_round
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
@@ -197,68 +197,23 @@ def make_job(
     )
 
 
-def central_gpus(cfg, profile: DeviceProfile, cluster_gpus: float) -> float:
-    """The Ray Train worker's GPUs: one whole GPU under `client_num_gpus: auto` when the cluster has
-    one (a single trainer needs no packing), else the request a client of `profile` would make.
-    A ConfigError when that is more than the cluster has (Ray Train would wait forever)."""
-    from actors.groups import device_resources
-
-    share = 1.0 if cfg.resources.client_num_gpus == "auto" and cluster_gpus >= 1 else None
-    gpus = device_resources(cfg, profile, share).num_gpus
-    if gpus > cluster_gpus + 1e-9:
-        raise ConfigError(
-            "resources.client_num_gpus",
-            f"the centralized trainer asks for {gpus:g} GPUs but this Ray has {cluster_gpus:g}; "
-            "lower it (0 trains on CPUs) or run on a cluster with GPUs (ray.address)",
-        )
-    return gpus
-
-
-def ray_train_resources(cfg, prep, address: str | None) -> tuple[float, float]:
-    """Start (or join) Ray; the (CPUs, GPUs) of the Ray Train worker, checked against the cluster."""
-    from actors.cluster import cluster_gpus, init_ray
-    from actors.groups import device_resources
-
-    init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.dashboard)
-    cpus = device_resources(cfg, prep.profile).num_cpus
-    return cpus, central_gpus(cfg, prep.profile, cluster_gpus())
-
-
-def _fit_on_ray(job: CentralJob, cfg, prep, run_dir: Path, address: str | None) -> None:
-    """The job's rounds on one Ray Train worker (sized as the experiment's device; on a GPU when
-    the cluster has one and `resources.client_num_gpus` allows it)."""
-    from actors.train_central import fit_central
-
-    cpus, gpus = ray_train_resources(cfg, prep, address)
-    fit_central(
-        job,
-        storage_path=str(run_dir.resolve() / RAY_TRAIN_DIR),
-        name=f"central-from-round-{job.first_round}",
-        num_cpus=cpus,
-        num_gpus=gpus,
-    )
-
-
 def run_centralized(
     cfg,
     prep,
     run_dir: Path,
-    address: str | None = None,
+    fit: Callable[[CentralJob], None],
     resume: tuple[bytes, dict] | None = None,
-    in_process: bool = False,
 ) -> Path:
-    """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline on
-    Ray Train, or in this process; writes the federated run-dir contract."""
+    """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline: `fit`
+    runs the job's rounds (`fit_here`, or on Ray Train: actors/train_central.py); then the federated
+    run-dir contract is written from the job's checkpoints."""
     from engine.summary import best_of, build_summary, print_table
     from engine.tracking import Tracker
 
     t_start = time.time()
     job = make_job(cfg, prep, run_dir, resume, t_start)
     if job.first_round <= job.rounds:
-        if in_process:
-            train_rounds(job, lambda record: None)  # the loop Ray Train's worker runs, here
-        else:
-            _fit_on_ray(job, cfg, prep, run_dir, address)
+        fit(job)
     history = rundir.read_metrics(run_dir)
     found = latest_good_checkpoint(run_dir / rundir.CHECKPOINTS)
     if found is None:
@@ -274,6 +229,11 @@ def run_centralized(
     tracker.finish(summary, blob)
     print_table(cfg, summary, best_of(history), run_dir)
     return run_dir
+
+
+def fit_here(job: CentralJob) -> None:
+    """The job's rounds in this process: the loop Ray Train's worker runs."""
+    train_rounds(job, lambda record: None)
 
 
 # The baseline: the union of the clients' data in one job, the same budget, no rounds to aggregate.

@@ -153,7 +153,8 @@ class ServerOptimizer:
                 total[k] += new[k] - ci
             self.controls.save(client, round, {k: v.astype(np.float32) for k, v in new.items()})
         norm_sq = 0.0
-        for k, x in global_state.items():
+        for k in sorted(global_state):  # a fixed order: deserialized dicts come in any order
+            x = global_state[k]
             c = self._server_c(k, x) + total[k] / num_clients
             slots = self.slots.setdefault(k, {})
             slots["c"] = c.astype(np.float32)
@@ -164,7 +165,7 @@ class ServerOptimizer:
         """The next global state from this round's aggregate, and what to record about the step."""
         delta_sq = 0.0
         if self.strategy.update is None:
-            for k in aggregate:
+            for k in sorted(aggregate):
                 d = aggregate[k].astype(np.float64) - global_state[k].astype(np.float64)
                 delta_sq += float(np.sum(d * d))
             return aggregate, {"server/delta_norm": delta_sq**0.5}

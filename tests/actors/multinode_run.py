@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT))
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from actors.launch import start_run  # noqa: E402
 from engine.backend import LocalBackend  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.runner import start_run  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 
 

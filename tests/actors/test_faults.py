@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import start_run
 from engine.config import load_config
 from engine.errors import FedRayRuntimeError
-from engine.runner import start_run
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

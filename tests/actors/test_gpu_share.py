@@ -10,6 +10,7 @@ import torch
 
 from actors.gpu_share import pack_gpu
 from actors.groups import plan_groups
+from actors.launch import packs_gpus
 from engine.client import ClientRuntime, ClientTask, worker_spec
 from engine.clock import load_device_profile
 from engine.config import load_config
@@ -17,7 +18,6 @@ from engine.cost import memory_estimate
 from engine.device import memory_cap
 from engine.errors import ClientOutOfMemory, ConfigError
 from engine.prepare import prepare
-from engine.runner import packs_gpus
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,8 +173,8 @@ def test_the_probe_measures_a_step_on_the_gpu() -> None:
 
 def test_an_error_found_when_the_pool_starts_leaves_no_run_dir(tmp_path: Path) -> None:
     """A measured client step that fits no GPU is found after the run directory was made: it goes."""
+    from actors.launch import start_run
     from engine.backend import LocalBackend
-    from engine.runner import start_run
 
     class Refusing(LocalBackend):
         def start(self, *args, **kwargs) -> None:

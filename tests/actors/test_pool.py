@@ -95,8 +95,8 @@ def test_clients_train_on_workers_of_their_device_and_the_numbers_do_not_change(
 ) -> None:
     import json
 
+    from actors.launch import make_backend, start_run
     from engine.prepare import prepare
-    from engine.runner import make_backend, start_run
 
     mix = {"devices.mix": "{phone-low: 0.5, laptop: 0.5}", "devices.use_availability": False}
     cfg = _cfg(**mix)
@@ -178,7 +178,7 @@ def test_workers_and_server_beyond_the_gpus_are_refused_with_their_key() -> None
 
 
 def test_a_cluster_too_small_for_the_groups_writes_no_run_dir(ray_session, tmp_path: Path) -> None:
-    from engine.runner import start_run
+    from actors.launch import start_run
 
     big = tmp_path / "big.yaml"  # two devices of 1.5 CPUs: one worker each needs 3 of the 2 CPUs
     big.write_text("flops_per_s: 1.0e+9\nmemory_mb: 4096\nuplink_mbps: 10\ndownlink_mbps: 10\n"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.cli import main
 from engine.config import load_config
-from engine.runner import start_run
 from tests.conftest import run_records, tiny_overrides, without_wall
 from tests.zoo import save_tiny
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.cli import main
 from engine.config import load_config
-from engine.runner import start_run
 from tests.conftest import tiny_overrides
 
 FEDPT = Path(__file__).resolve().parents[2] / "configs" / "fedpt" / "austen.yaml"
@@ -188,7 +188,7 @@ def test_proxy_from_clients_runs_on_ray_as_in_process_and_equals_global_without_
 def test_proxy_from_clients_resumes_exactly_with_its_memory(monkeypatch_module, tmp_path) -> None:
     import shutil
 
-    from engine.runner import resume_run
+    from actors.launch import resume_run
 
     cfg = _cfg(**{"fedpt.proxy_from": "clients", "checkpoint.every": 1, "checkpoint.keep": 5})
     whole = start_run(cfg, out=str(tmp_path / "run"), backend=LocalBackend())

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import start_run
 from engine.cli import main
 from engine.config import load_config
-from engine.runner import start_run
 from tests.conftest import run_records, tiny_overrides, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.config import load_config
 from engine.ledger import deserialize_state
 from engine.prepare import prepare
-from engine.runner import start_run
 from engine.split import server as split_server
 from engine.split.wire import unpack
 from tests.conftest import tiny_overrides

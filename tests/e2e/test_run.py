@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import resume_run, start_run
 from engine import runner
 from engine.config import load_config
-from engine.runner import resume_run, start_run
 from engine.versions import stack_versions
 from tests.conftest import run_records, tiny_overrides, without_wall
 from tests.contract import ROUND_KEYS, SUMMARY_KEYS

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import resume_run, start_run
 from engine import runner
 from engine.backend import LocalBackend
 from engine.config import load_config
-from engine.runner import resume_run, start_run
 from tests.conftest import tiny_overrides
 from tests.contract import ROUND_KEYS, SUMMARY_KEYS
 

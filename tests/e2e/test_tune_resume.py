@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.config import load_config
-from engine.runner import start_run
 from tests.conftest import tiny_sweep
 from tests.e2e.test_sigkill_resume import TIMEOUT_S, _rows, _start
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.config import load_config
 from engine.device import CPU_FP32, Placement, resolve_precision
-from engine.runner import start_run
 from tests.conftest import run_records, tiny_overrides, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -116,3 +116,15 @@ def test_bytes_by_kind_sums_each_direction_and_kind():
     }
     assert sum(led.bytes_by_kind().values()) == led.total_bytes()
     assert Ledger.from_state_dict(led.state_dict()).bytes_by_kind() == led.bytes_by_kind()
+
+
+def test_a_deserialized_state_comes_back_in_one_order() -> None:
+    """safetensors returns tensors in a different order per call; sums over a state (update norms,
+    SCAFFOLD's control norm) would then differ in the last bits between a run and its resume."""
+    import numpy as np
+
+    from engine.ledger import deserialize_state, serialize_state
+
+    blob = serialize_state({f"t{i}": np.full(1, i, np.float32) for i in range(20)})
+    orders = {tuple(deserialize_state(blob)) for _ in range(10)}
+    assert orders == {tuple(sorted(f"t{i}" for i in range(20)))}

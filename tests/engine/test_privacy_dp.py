@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.cli import main
 from engine.config import load_config
 from engine.privacy import clip_update, dp_aggregate, epsilon
-from engine.runner import start_run
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actors.launch import start_run
 from engine import rundir
 from engine.algorithms.centralized import (
     central_spec,
@@ -20,7 +21,6 @@ from engine.algorithms.centralized import (
 from engine.checkpoint import load_checkpoint
 from engine.config import load_config
 from engine.prepare import prepare
-from engine.runner import start_run
 from engine.train import TrainSpec
 from tests.conftest import tiny_overrides
 from tests.contract import ROUND_KEYS, SUMMARY_KEYS
@@ -135,7 +135,7 @@ def test_resume_from_a_checkpoint_repeats_the_lost_round_exactly(
 
 
 def test_the_central_trainer_takes_a_whole_gpu_under_auto_and_never_more_than_there_is() -> None:
-    from engine.algorithms.centralized import central_gpus
+    from actors.train_central import central_gpus
     from engine.clock import load_device_profile
     from engine.errors import ConfigError
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.rounds import RoundInputs, arrivals, round_duration, unavailable
-from engine.runner import start_run
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[3]

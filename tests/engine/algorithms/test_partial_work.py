@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.client import ClientTask, make_runtime
+from engine.client import ClientTask, make_runtime, worker_spec
 from engine.clock import DeviceProfile
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.prepare import prepare
 from engine.rounds import RoundInputs, arrivals, flops_budget
-from engine.runner import start_run, worker_spec
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[3]
