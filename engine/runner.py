@@ -1,5 +1,5 @@
 """Drive a run: run directory, rounds, checkpoints, summary; and resume. Where the work happens is a
-`Launch`: in this process here, on Ray in actors/launch.py (which also sizes the Ray worker pool)."""
+`Launch`: this process (`InProcess`, below) or Ray (actors/launch.py, which also sizes the worker pool)."""
 
 from __future__ import annotations
 
