@@ -7,8 +7,8 @@ from pathlib import Path
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.cli import main
 from engine.config import load_config
+from fedray.cli import main
 from tests.conftest import run_records, tiny_overrides, without_wall
 from tests.zoo import save_tiny
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from fedray.cli import main
 from tests.conftest import tiny_overrides
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
@@ -77,7 +77,7 @@ def test_non_empty_out_is_refused(tmp_path, capsys) -> None:
 def test_subprocess_prints_no_traceback(tmp_path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "run", QUICKSTART, "federation.clients_per_round=50"],
+        [sys.executable, "-m", "fedray", "run", QUICKSTART, "federation.clients_per_round=50"],
         capture_output=True,
         text=True,
         env=env,

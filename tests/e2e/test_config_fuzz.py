@@ -18,9 +18,9 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 
 import engine.runner
-from engine.cli import main
 from engine.config import RunConfig, parse_value
 from engine.methods import get_method
+from fedray.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BASES = [

@@ -9,8 +9,8 @@ import pytest
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.cli import main
 from engine.config import load_config
+from fedray.cli import main
 from tests.conftest import tiny_overrides
 
 FEDPT = Path(__file__).resolve().parents[2] / "configs" / "fedpt" / "austen.yaml"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from actors.launch import start_run
-from engine.cli import main
 from engine.config import load_config
+from fedray.cli import main
 from tests.conftest import run_records, tiny_overrides, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ PROBE = f"""
 import json, sys
 import pytest
 
-from engine.cli import main
+from fedray.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({{"code": code, "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
 """
@@ -68,7 +68,7 @@ def _fedray(args: list[str], env: dict[str, str]) -> None:
     import os
 
     done = subprocess.run(
-        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "fedray", *args], cwd=ROOT, capture_output=True, text=True,
         timeout=900, env={**os.environ, **env},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

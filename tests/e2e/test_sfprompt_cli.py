@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from fedray.cli import main
 from tests.conftest import tiny_overrides
 
 SFPROMPT = str(Path(__file__).resolve().parents[2] / "configs" / "sfprompt" / "amazon_reviews.yaml")

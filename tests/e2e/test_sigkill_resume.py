@@ -67,7 +67,7 @@ class Job:
 def _start(args: list[str], log: Path) -> Job:
     with log.open("wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", *args],
+            [sys.executable, "-m", "fedray", *args],
             cwd=ROOT,
             env=_env(),
             stdout=f,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
 from engine.config import load_config
+from fedray.cli import main
 from tests.conftest import tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine import assets
-from engine.cli import main
 from engine.errors import ConfigError, FedRayRuntimeError
+from fedray.cli import main
 
 NAME = "fake-lm"
 MEMBER = "fake_pkg/Fake.Q4.gguf"

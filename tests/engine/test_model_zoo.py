@@ -11,13 +11,13 @@ import torch
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.cli import main
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.methods import LoraParams, apply_method
 from engine.methods.targets import attention_query_value, no_targets
 from engine.model_check import check_model
 from engine.models import load_model, model_skeleton, position_limit
+from fedray.cli import main
 from tests.conftest import run_records, tiny_overrides
 from tests.zoo import DECODERS, ENCODERS, VOCAB, save_tiny
 

@@ -10,9 +10,9 @@ import pytest
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.cli import main
 from engine.config import load_config
 from engine.privacy import clip_update, dp_aggregate, epsilon
+from fedray.cli import main
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

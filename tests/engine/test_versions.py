@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from engine import versions
-from engine.cli import main
+from fedray.cli import main
 
 
 def test_stack_versions_are_the_imported_modules_versions() -> None:
