@@ -15,10 +15,11 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayTaskError
 
-from engine.client import MemoryProbe, WorkerSpec, make_runtime
+from engine.client import MemoryProbe, WorkerSpec
 from engine.data.batching import Encoded
 from engine.device import CONTEXT_BYTES, HEADROOM
 from engine.errors import ConfigError, FedRayRuntimeError
+from engine.runtime import make_runtime
 from engine.train import TrainSpec
 
 _FIX = (

@@ -8,8 +8,9 @@ import time
 import ray
 
 from actors.cluster import fence_gpus
-from engine.client import ClientResult, ClientTask, WorkerSpec, make_runtime
+from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
+from engine.runtime import make_runtime
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)

@@ -7,9 +7,10 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec, make_runtime
+from engine.client import ClientResult, ClientRuntime, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
 from engine.hosting import Hosting, LocalHosting
+from engine.runtime import make_runtime
 
 OnResult = Callable[[ClientResult], None]
 

@@ -239,12 +239,3 @@ class ClientRuntime:
             self.spec.num_labels,
             self.placement,
         )
-
-
-def make_runtime(spec: WorkerSpec, train: Encoded, test: Encoded, link: Any = None):
-    """The runtime a worker hosts: a whole model (FedAvg) or a split client model (SFPrompt)."""
-    if spec.split is None:
-        return ClientRuntime(spec, train, test)
-    from engine.split.client import SplitClientRuntime
-
-    return SplitClientRuntime(spec, spec.split, train, test, link)

@@ -24,7 +24,6 @@ FORBIDDEN = {
 EXCEPTIONS: dict[str, set[str]] = {}
 # import cycles still present, as sorted tuples of modules
 CYCLES = {
-    ("engine.client", "engine.split.client"),
     ("tuning.report", "tuning.report_run", "tuning.report_sweep"),
 }
 

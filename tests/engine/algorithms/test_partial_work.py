@@ -10,12 +10,13 @@ import pytest
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
-from engine.client import ClientTask, make_runtime, worker_spec
+from engine.client import ClientTask, worker_spec
 from engine.clock import DeviceProfile
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.prepare import prepare
 from engine.rounds import RoundInputs, arrivals, flops_budget
+from engine.runtime import make_runtime
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[3]
