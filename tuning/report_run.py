@@ -6,8 +6,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ConfigError
 from tuning import plots
-from tuning.report import MB, Section, finite, markdown, num, order, straggler_timeline
+from tuning.report_kit import (
+    KEY,
+    MB,
+    Section,
+    check_partition,
+    finite,
+    markdown,
+    num,
+    order,
+    read_jsonl,
+    read_optional_dict,
+    straggler_timeline,
+    write_report,
+)
 
 TIMELINE_ROUNDS = 6  # the timeline figure shows at most this many (the last) rounds
 _PHASE_NAMES = ("download", "compute", "upload", "latency")
@@ -255,3 +269,22 @@ def run_markdown(
     ]
     intro = _run_intro(run_dir, metrics, summary)
     return markdown(f"Run report: {title}", intro, sections)
+
+
+def report_run(run_dir: Path) -> Path:
+    """Write <run_dir>/report/{*.png,index.md} for one fedray run; return the index path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfigError(KEY, f"{run_dir} holds no metrics.jsonl (not a fedray run directory)")
+    by_round = {int(r["round"]): r for r in read_jsonl(path)}  # a resumed run's rewrite wins
+    if not by_round:
+        raise ConfigError(KEY, f"{path} holds no rounds")
+    metrics = [by_round[k] for k in sorted(by_round)]
+    clients_path = run_dir / "clients.jsonl"
+    clients = read_jsonl(clients_path) if clients_path.is_file() else []
+    partition = check_partition(run_dir / "partition.json")
+    summary = read_optional_dict(run_dir / "summary.json") or {}
+    return write_report(
+        run_dir, lambda out: run_markdown(out, run_dir, metrics, clients, partition, summary)
+    )

@@ -11,10 +11,12 @@ from typing import Any
 
 from engine.errors import ConfigError
 from tuning import plots
-from tuning.report import (
+from tuning.report_kit import (
+    KEY,
     MB,
     REPORT,
     Section,
+    check_results,
     finite,
     grid,
     hashable,
@@ -22,8 +24,10 @@ from tuning.report import (
     markdown,
     num,
     pareto_front,
-    report_run,
+    read_json,
+    write_report,
 )
+from tuning.report_run import report_run
 
 
 def sweep_markdown(
@@ -273,3 +277,15 @@ def _run_link(run_dir: Any, sweep_dir: Path) -> str:
     target = path / REPORT / "index.md" if (path / REPORT / "index.md").is_file() else path
     rel = os.path.relpath(target, sweep_dir / REPORT)
     return f"[{path.name}](<{rel}>)" if any(c in rel for c in " ()") else f"[{path.name}]({rel})"
+
+
+def report_sweep(sweep_dir: Path) -> Path:
+    """Write <sweep_dir>/report/{*.png,index.md} for a `fedray tune` sweep, after rendering each
+    trial's own run report; return the index path."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "results.json"
+    if not path.is_file():
+        raise ConfigError(KEY, f"{sweep_dir} holds no results.json (not a fedray sweep directory)")
+    sweep, rows = check_results(path, read_json(path))
+    trials = render_trial_reports(rows, sweep_dir)  # before the table, so it links them
+    return write_report(sweep_dir, lambda out: sweep_markdown(out, sweep_dir, sweep, rows, trials))
