@@ -35,6 +35,9 @@ class LocalHosting:
         return LocalBodyServer(factory, spec)
 
     def fedpt_server(self, cfg: Any, prep: Any, factory, blackbox: dict) -> tuple[str, RoundServer]:
+        # the thread count FedPT's Ray host uses: the emulator it builds (and caches) is then the same
+        # float for float, whichever process built it first
+        torch.set_num_threads(cfg.resources.torch_threads)
         device = local_device()
         small = small_model_path(cfg, prep.public, prep.public_rows, prep.pad_id, device)
         link = LocalLMLink(BlackBoxLM(factory(), **blackbox))

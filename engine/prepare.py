@@ -157,6 +157,19 @@ def _check_algorithm(cfg: RunConfig) -> Algorithm:
             f"partial work applies to {', '.join(supporting('partial_work'))}, not "
             f"{cfg.algorithm}; use drop",
         )
+    kill = cfg.faults.server_kill_round
+    if kill is not None and not alg.server_faults:
+        raise ConfigError(
+            "faults.server_kill_round",
+            f"{cfg.algorithm} runs no server to kill (only {', '.join(supporting('server_faults'))} "
+            "do); remove it",
+        )
+    if kill is not None and kill > cfg.federation.rounds:
+        raise ConfigError(
+            "faults.server_kill_round",
+            f"round {kill} > federation.rounds ({cfg.federation.rounds}): the fault would never "
+            "happen; pick a round of the run",
+        )
     return alg
 
 

@@ -125,6 +125,7 @@ class Algorithm:
     packs_gpus: bool = True  # resources.client_num_gpus: auto may pack its clients on GPUs
     public_text: bool = False  # its server keeps a public share of the train split
     samples: bool = False  # `fedray samples RUN_DIR` can generate from its checkpoints
+    server_faults: bool = False  # faults.server_kill_round can kill its server (a Ray actor)
     client_model: Callable[[Any], str] = _model_name  # what its clients train
     server: Callable[[Any], ServerRequest] = lambda cfg: ServerRequest()
     start: StartServer = _no_server

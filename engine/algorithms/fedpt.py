@@ -113,5 +113,6 @@ FEDPT = Algorithm(
         cfg.fedpt.server_num_cpus, cfg.fedpt.server_num_gpus, "fedpt.server_num_gpus"
     ),
     start=start_fedpt,
+    server_faults=True,
     metrics=fedpt_metrics,
 )

@@ -122,5 +122,6 @@ SFPROMPT = Algorithm(
     packs_gpus=False,  # the split client stays on the CPU for now
     server=lambda cfg: ServerRequest(cfg.server.num_cpus, cfg.server.num_gpus, "server.num_gpus"),
     start=start_sfprompt,
+    server_faults=True,
     label=split_label,
 )

@@ -91,7 +91,14 @@ def test_round_records_proxy_metrics_and_server_traffic(fedpt_run: Path) -> None
 
 def test_ray_equals_in_process(fedpt_run: Path, tmp_path: Path) -> None:
     local = start_run(_cfg(), out=str(tmp_path / "local"), backend=LocalBackend())
-    assert _stable(_records(local)) == _stable(_records(fedpt_run))
+    got, want = _stable(_records(local)), _stable(_records(fedpt_run))
+    diff = [
+        (w["round"], k, w[k], g.get(k))
+        for g, w in zip(got, want, strict=True)
+        for k in w
+        if g.get(k) != w[k]
+    ]
+    assert not diff, diff
 
 
 def test_black_box_crash_mid_distillation_is_retried_and_changes_nothing(

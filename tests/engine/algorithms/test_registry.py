@@ -69,6 +69,10 @@ def test_no_server_leaves_the_round_as_it_is() -> None:
         ("sfprompt/amazon_reviews.yaml", {"privacy.dp": True}, "privacy.dp", "applies to algorithm: fedavg, not sfprompt"),
         ("fedpetuning/centralized_lora.yaml", {"federation.round_deadline_s": 10, "federation.deadline_policy": "partial"},
          "federation.deadline_policy", "partial work applies to fedavg, fedpt, not centralized"),
+        ("quickstart.yaml", {"faults.server_kill_round": 2}, "faults.server_kill_round",
+         "fedavg runs no server to kill (only fedpt, sfprompt do)"),
+        ("sfprompt/amazon_reviews.yaml", {"faults.server_kill_round": 9}, "faults.server_kill_round",
+         "round 9 > federation.rounds (3): the fault would never happen"),
     ],
 )  # fmt: skip
 def test_what_a_record_turns_off_is_refused_with_who_supports_it(config, extra, key, words) -> None:
