@@ -50,6 +50,16 @@ def without_wall(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if "wall" not in k} for r in records]
 
 
+def record_diff(got: list[dict], want: list[dict]) -> list[tuple]:
+    """(round, key, wanted, got) for every key of `want`'s records whose value `got` does not match,
+    plus a row count mismatch as ("rows", len(want), len(got)): an assertion message that names
+    what differs."""
+    out: list[tuple] = [] if len(got) == len(want) else [("rows", len(want), len(got))]
+    for g, w in zip(got, want, strict=False):
+        out += [(w["round"], k, w[k], g.get(k)) for k in w if g.get(k) != w[k]]
+    return out
+
+
 def tiny_overrides(**extra: object) -> list[str]:
     """A run that takes seconds: tiny random BERT, 200 reviews, 3 rounds of 2 local steps."""
     base = {

@@ -11,7 +11,7 @@ from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.config import load_config
 from fedray.cli import main
-from tests.conftest import tiny_overrides
+from tests.conftest import record_diff, tiny_overrides
 
 FEDPT = Path(__file__).resolve().parents[2] / "configs" / "fedpt" / "austen.yaml"
 TINY = {
@@ -91,13 +91,7 @@ def test_round_records_proxy_metrics_and_server_traffic(fedpt_run: Path) -> None
 
 def test_ray_equals_in_process(fedpt_run: Path, tmp_path: Path) -> None:
     local = start_run(_cfg(), out=str(tmp_path / "local"), backend=LocalBackend())
-    got, want = _stable(_records(local)), _stable(_records(fedpt_run))
-    diff = [
-        (w["round"], k, w[k], g.get(k))
-        for g, w in zip(got, want, strict=True)
-        for k in w
-        if g.get(k) != w[k]
-    ]
+    diff = record_diff(_stable(_records(local)), _stable(_records(fedpt_run)))
     assert not diff, diff
 
 

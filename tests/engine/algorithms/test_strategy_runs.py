@@ -14,7 +14,7 @@ from engine import rundir
 from engine.backend import LocalBackend
 from engine.checkpoint import load_checkpoint, take_prefixed
 from engine.config import load_config
-from tests.conftest import run_records, tiny_overrides, without_wall
+from tests.conftest import record_diff, run_records, tiny_overrides, without_wall
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
 
@@ -37,14 +37,8 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, strategy: str)
     shutil.copytree(ref, cut)
     shutil.rmtree(cut / rundir.CHECKPOINTS / "round_00003")  # as if killed during round 3
     resume_run(cut, backend=LocalBackend())
-    got, want = without_wall(run_records(cut)), without_wall(run_records(ref))
-    diff = [
-        (w["round"], k, w[k], g.get(k))
-        for g, w in zip(got, want, strict=False)
-        for k in w
-        if g.get(k) != w[k]
-    ]
-    assert not diff and len(got) == len(want), diff
+    diff = record_diff(without_wall(run_records(cut)), without_wall(run_records(ref)))
+    assert not diff, diff
     again, _ = load_checkpoint(cut / rundir.CHECKPOINTS / "round_00003")
     assert again == blob
     assert _files(cut / rundir.CONTROLS) == _files(ref / rundir.CONTROLS)  # SCAFFOLD's c_i
