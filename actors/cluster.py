@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from engine.device import cap_gpu_memory
+
 # Variables every Ray worker must see; set before ray.init so workers inherit them.
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
@@ -56,8 +58,6 @@ def fence_gpus() -> float | None:
     Call first thing in an actor, before anything touches CUDA. Returns the cap set, if any.
     """
     import ray
-
-    from engine.device import cap_gpu_memory
 
     hide_unassigned_gpus()
     share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))

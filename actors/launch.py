@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from actors.cluster import cluster_cpus, cluster_gpus, init_ray
+from actors.groups import check_placeable, describe_groups, plan_groups
 from engine.algorithms import ServerRequest, get_algorithm
 from engine.clock import load_device_profile
 from engine.config import RunConfig
@@ -16,6 +18,9 @@ from engine.prepare import Prepared
 from engine.runner import InProcess, Launch, OnRound
 from engine.runner import resume_run as _resume
 from engine.runner import start_run as _start
+
+# Everything that imports Ray (actors/pool.py, actors/train_central.py, ray itself) is imported where it is
+# used: a run with a `backend` given (`--in-process`) never loads Ray (tests/e2e/test_in_process.py).
 
 
 class RayLaunch:
@@ -74,8 +79,6 @@ def make_backend(cfg: RunConfig, address: str | None = None, profiles=None, trai
     """
     import ray
 
-    from actors.cluster import cluster_cpus, cluster_gpus, init_ray
-    from actors.groups import check_placeable, describe_groups, plan_groups
     from actors.pool import GpuPacking, RayBackend
 
     if profiles is None:

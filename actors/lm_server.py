@@ -19,6 +19,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors.body_server import wait_ready
 from actors.cluster import fence_gpus
 from engine.config import RunConfig
 from engine.device import local_device
@@ -119,8 +120,6 @@ class FedPTHostLink(FedPTRoundServer):
         raise AssertionError("unreachable")
 
     def _wait_ready(self) -> dict[str, Any]:
-        from actors.body_server import wait_ready
-
         try:
             return wait_ready(self.handle, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure here ends the run (resumable)

@@ -19,6 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from actors.gpu_share import GpuShare, measure_share
 from actors.groups import WorkerGroup
 from actors.hosting import RayHosting
+from actors.worker import ClientWorker
 from engine.backend import OnResult
 from engine.client import ClientResult, ClientTask, WorkerSpec
 from engine.data.batching import Encoded
@@ -74,8 +75,6 @@ class RayBackend:
         self.num_workers = len(self.slot_group)
 
     def start(self, spec: WorkerSpec, train: Encoded, test: Encoded, link: object = None) -> None:
-        from actors.worker import ClientWorker
-
         train_ref, test_ref = ray.put(train), ray.put(test)  # shared, zero-copy in workers
         if self.packing is not None:
             self.gpu_share = measure_share(

@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from engine.errors import ConfigError
-from engine.methods import method_params_union
+from engine.methods import get_method, method_params_union
 from engine.strategies import resolve
 from engine.strict import DuplicateKeyError, StrictModel, load_yaml
 
@@ -331,8 +331,6 @@ class RunConfig(_Section):
 
 
 def _default_method() -> Any:
-    from engine.methods import get_method
-
     return get_method("lora").params_type(name="lora")
 
 

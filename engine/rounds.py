@@ -16,8 +16,10 @@ from engine.algorithms.base import NoServer, RoundServer
 from engine.backend import Backend
 from engine.client import ClientResult, ClientTask
 from engine.clock import DeviceProfile, client_time_s, round_time_s
+from engine.errors import FedRayRuntimeError
 from engine.ledger import Ledger, deserialize_state, serialize_state
 from engine.prepare import Prepared, eval_shards, unshard
+from engine.privacy import dp_aggregate, epsilon
 from engine.strategies import ServerOptimizer
 from engine.strategies.fedavg import FEDAVG
 from engine.summary import DEVICE_PEAK
@@ -99,8 +101,7 @@ def run_round(
     t = _train(round, global_blob, global_state, inp, prep, backend, on_result, server, optimizer)
     rows, times = _account(round, t.ok, inp, ledger, optimizer.control_traffic(global_state))
     if not t.ok and t.failed and not any(isinstance(r, str) for r in t.results.values()):
-        from engine.errors import FedRayRuntimeError  # every client crashed: not a device limit
-
+        # every client crashed: not a device limit
         raise FedRayRuntimeError(f"round {round}: every sampled client failed: {t.failed}")
     idle = {r.client_id for r in t.ok if r.train.partial and r.train.steps == 0}
     accepted, late = arrivals(times, inp, idle)
@@ -266,8 +267,6 @@ def _aggregate(
     # DP-FedAvg: clipped updates, fixed denominator, noise; under Poisson sampling the noise is
     # added even when nobody reported (the accountant's mechanism always releases a noisy sum)
     if inp.dp is not None and (used or inp.poisson):
-        from engine.privacy import dp_aggregate, epsilon
-
         clip, z, delta = inp.dp
         rng = np.random.default_rng(derive_seed(inp.seed, round, DP_STREAM))
         noisy, dp_record = dp_aggregate(global_state, states, clip, z, inp.clients_per_round, rng)

@@ -7,21 +7,20 @@ from pathlib import Path
 
 import torch
 
+from engine.algorithms import get_algorithm, supporting
+from engine.checkpoint import atomic_write, latest_good_checkpoint, split_state
+from engine.config import load_config
 from engine.errors import ConfigError
+from engine.ledger import deserialize_state
 from engine.lm.samples import continue_all, prompts, side_by_side, to_markdown
+from engine.methods import apply_method, get_method, load_trainable_state
+from engine.models import load_model, load_tokenizer
+from engine.prepare import prepare
 
 
 def run_samples(run_dir: str | Path, n: int = 2, tokens: int = 24) -> Path:
     """`fedray samples RUN_DIR`: greedy continuations of the run's first n held-out texts by the base
     and the tuned model (the last checkpoint's state), written to RUN_DIR/samples.md."""
-    from engine.algorithms import get_algorithm, supporting
-    from engine.checkpoint import atomic_write, latest_good_checkpoint, split_state
-    from engine.config import load_config
-    from engine.ledger import deserialize_state
-    from engine.methods import apply_method, get_method, load_trainable_state
-    from engine.models import load_model, load_tokenizer
-    from engine.prepare import prepare
-
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError("RUN_DIR", f"{run} holds no config.yaml; give a fedray run directory")

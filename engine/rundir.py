@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import atomic_write
+from engine.errors import ConfigError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -27,8 +28,6 @@ def new_run_dir(
     if out:
         path = Path(out)
         if path.exists() and any(path.iterdir()):
-            from engine.errors import ConfigError
-
             raise ConfigError("--out", f"{path} is not empty; pick a new folder or use {resume}")
         return path
     base = Path(root)

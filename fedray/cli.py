@@ -13,6 +13,9 @@ from engine.versions import version_line
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
 
+# Each command imports what it runs when it runs: `fedray --help`, `fedray models` and a usage error answer
+# without loading torch, Ray or transformers.
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own contract)

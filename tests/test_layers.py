@@ -112,3 +112,39 @@ def test_no_new_import_cycles() -> None:
 def test_the_contract_sees_imports_inside_functions() -> None:
     """The reader counts a function-level import (the usual way to hide a dependency)."""
     assert "actors.pool" in _imports()["actors.launch"]  # inside make_backend
+
+
+# module -> why it imports project modules inside functions (anywhere else they belong at the top)
+LAZY = {
+    "actors.launch": "a run given a backend (--in-process) never loads Ray: the pool and Ray Train parts",
+    "fedray.cli": "each command loads what it runs: --help, `models` and usage errors skip torch and Ray",
+}
+
+
+def _function_level_imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports inside a function body."""
+    out: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for node in ast.walk(fn):
+                    names = []
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                        names = [node.module]
+                    names = [n for n in names if _top(n) in PACKAGES]
+                    if names:
+                        out.setdefault(_module(path), set()).update(names)
+    return out
+
+
+def test_project_imports_sit_at_the_top() -> None:
+    """A function-level import hides a dependency (or a cycle): only the modules in LAZY, which say why."""
+    found = _function_level_imports()
+    assert set(found) - set(LAZY) == set(), (
+        "move these imports to the module's top (or add to LAZY why)"
+    )
+    assert set(LAZY) - set(found) == set(), "no function-level import left: delete from LAZY"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actors.groups import plan_groups
+from actors.launch import resume_run, start_run
 from engine.algorithms import get_algorithm
 from engine.clock import assign_profiles
 from engine.config import RunConfig
@@ -33,8 +35,6 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
 
     Client workers come in device groups (actors/groups.py), each bundle its group's request.
     """
-    from actors.groups import plan_groups
-
     bundles = [{"CPU": sweep.trial.driver_cpus}]
     request = get_algorithm(cfg.algorithm).server(cfg)
     server = {"CPU": request.num_cpus, "GPU": request.num_gpus}
@@ -72,8 +72,6 @@ def trial_resources(sweep: SweepConfig, cfg: RunConfig):
 def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> None:
     """The Tune function trainable: run (or, after a restore, resume) the trial's fedray run."""
     from ray import tune
-
-    from actors.launch import resume_run, start_run
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(sweep, params)

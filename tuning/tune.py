@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from actors.cluster import init_ray
 from engine.errors import ConfigError
 from engine.rundir import new_run_dir
 from tuning.results import collect, write_results
@@ -70,8 +71,6 @@ def _run(
     sweep: SweepConfig, base: Any, sweep_dir: Path, address: str | None, restore: bool
 ) -> Path:
     from ray import tune
-
-    from actors.cluster import init_ray
 
     os.environ["WANDB_MODE"] = sweep.wandb.mode  # Ray's W&B callback reads only the variable
     started = init_ray(address or base.ray.address, base.ray.num_cpus, False)

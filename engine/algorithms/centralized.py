@@ -41,7 +41,8 @@ from engine.clock import DeviceProfile, client_time_s
 from engine.data.batching import Encoded, eval_batches
 from engine.errors import FedRayRuntimeError
 from engine.ledger import Ledger
-from engine.summary import print_round
+from engine.summary import best_of, build_summary, print_round, print_table
+from engine.tracking import Tracker
 from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
 
 CENTRAL_STREAM = 3  # seed stream of centralized training (fedavg uses 1 and 2)
@@ -207,9 +208,6 @@ def run_centralized(
     """Run (or resume from `resume` = (state blob, checkpoint meta)) the centralized baseline: `fit`
     runs the job's rounds (`fit_here`, or on Ray Train: actors/train_central.py); then the federated
     run-dir contract is written from the job's checkpoints."""
-    from engine.summary import best_of, build_summary, print_table
-    from engine.tracking import Tracker
-
     t_start = time.time()
     job = make_job(cfg, prep, run_dir, resume, t_start)
     if job.first_round <= job.rounds:

@@ -10,19 +10,22 @@ device (actors/lm_server.py); in process, in the driver.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from engine.algorithms.base import Algorithm, ServerRequest
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.models import TINY_MODELS, resolve_model_path
+from engine.lm.emulator import parse_layers
+from engine.lm.small import load_lm
+from engine.models import TINY_MODELS, load_tokenizer, resolve_model_path
 
 
 def check_fedpt(cfg: RunConfig) -> None:
     """FedPT's user errors, before anything starts (the tokenizer check needs both tokenizers)."""
     if cfg.model.task != "causal_lm":
         raise ConfigError("model.task", "fedpt tunes language models; use task: causal_lm")
-    from engine.lm.emulator import parse_layers
 
     depth, budget = _shape(cfg.model.name)
     if cfg.fedpt.small_model is None:
@@ -61,8 +64,6 @@ def _shape(name: str) -> tuple[int, int | None]:
 
 def check_same_tokenizer(large: str, small: str) -> None:
     """Proxy-tuning adds logits id by id: the pair must share one vocabulary."""
-    from engine.models import load_tokenizer
-
     a, b = load_tokenizer(large).get_vocab(), load_tokenizer(small).get_vocab()
     if a != b:
         diff = len(set(a.items()) ^ set(b.items()))
@@ -77,11 +78,6 @@ def start_fedpt(cfg: RunConfig, prep: Any, spec: Any, backend: Any) -> tuple[Any
     """The FedPT server (with the black box and the clients' small LM, built first), where the
     backend hosts servers (one Ray actor on the black box's device, or this process), and the
     clients' spec on that small LM."""
-    from dataclasses import replace
-    from functools import partial
-
-    from engine.lm.small import load_lm
-
     factory = partial(load_lm, cfg.model.name, cfg.seed, prep.pad_id)
     f = cfg.fedpt
     blackbox = {

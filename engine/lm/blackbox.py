@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.device import resolve_precision
+from engine.ds_start import start_deepspeed
 from engine.ledger import deserialize_state, serialize_state
 
 LOGIT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -31,9 +32,7 @@ class BlackBoxLM:
     ) -> None:
         """`dtype`: auto | fp32 | bf16, resolved on the device this process sees (auto: bf16 on a GPU
         that has it); `kernel_inject`: DeepSpeed's fused kernels (CUDA only, JIT-built with nvcc)."""
-        from engine.split.server import _import_deepspeed
-
-        deepspeed, accel = _import_deepspeed()
+        deepspeed, accel = start_deepspeed()
         self.device = torch.device(accel.device_name())
         self.precision = resolve_precision(dtype, self.device)
         if self.device.type == "cpu" and (self.precision != "fp32" or kernel_inject):

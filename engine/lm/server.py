@@ -20,7 +20,7 @@ from engine.lm.proxy import kd_loss, proxy_logits, sampling_log_probs
 from engine.lm.samples import continue_all, prompts, side_by_side, to_markdown
 from engine.lm.small import CPU, lm_vocab
 from engine.methods import apply_method, get_method, load_trainable_state, trainable_state
-from engine.models import load_model
+from engine.models import load_model, load_tokenizer
 from engine.train import derive_seed
 
 DISTILL_STREAM = 4  # seed stream of the server's distillation batches
@@ -205,8 +205,6 @@ class FedPTServer:
     def samples(self, state: dict, memory: Memory) -> str | None:
         """Greedy continuations of the first test texts by the base and the proxy-tuned large LM,
         as markdown (None when fedpt.generate is 0)."""
-        from engine.models import load_tokenizer
-
         if not self.f.generate:
             return None
         tok = load_tokenizer(self.cfg.model.name)

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.assets import cache_root
 from engine.config import RunConfig
 from engine.data.batching import Encoded
 from engine.errors import ConfigError
-from engine.models import load_model, resolve_model_path
+from engine.lm.emulator import decoder_layers, distill_emulator, layer_drop
+from engine.models import load_model, load_tokenizer, resolve_model_path
 
 CPU = torch.device("cpu")
 
@@ -39,7 +41,6 @@ def small_model_path(
     f = cfg.fedpt
     if f.small_model is not None:
         return resolve_model_path(f.small_model)
-    from engine.assets import cache_root
 
     key = [cfg.model.name, f.emulator_layers, f.emulator_distill_steps, f.emulator_distill_lr,
            cfg.seed, cfg.model.max_length, hashlib.sha256(public_rows.tobytes()).hexdigest()]  # fmt: skip
@@ -52,8 +53,6 @@ def small_model_path(
     large = functools.cache(lambda: load_lm(cfg.model.name, cfg.seed, pad_id).to(device))
     small, opt, done = _emulator_start(cfg, root, key, large, pad_id, device)
     if f.emulator_distill_steps > done:
-        from engine.lm.emulator import distill_emulator
-
         blocks = packed_blocks(public, public_rows, cfg.model.max_length)  # [n, t], no padding
         batches = [
             torch.from_numpy(blocks[i : i + f.distill_batch_size]).to(device)
@@ -86,8 +85,6 @@ def _emulator_start(
     cfg: RunConfig, root: Path, key: list, large: Any, pad_id: int, device: torch.device = CPU
 ):
     """(emulator, its distillation optimizer, steps done): the longest cached shorter build, or a fresh cut."""
-    from engine.lm.emulator import decoder_layers, layer_drop
-
     best, done = None, 0
     for meta in root.glob(f"*/{EMULATOR_FILE}"):
         if ".tmp" in meta.parent.name:
@@ -132,6 +129,4 @@ def load_lm(name: str, seed: int, pad_id: int) -> torch.nn.Module:
 
 def lm_vocab(name: str) -> int:
     """The large LM's vocabulary size (its tokenizer's length)."""
-    from engine.models import load_tokenizer
-
     return len(load_tokenizer(name))

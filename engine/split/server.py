@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from engine.device import local_device, resolve_precision
+from engine.ds_start import start_deepspeed
 from engine.ledger import deserialize_state, serialize_state
 
 Key = tuple[int, int, int]  # (round, client_id, step)
@@ -50,36 +50,6 @@ def _check_spec(spec: ServerSpec) -> None:
         raise ValueError(f"lr must be > 0 when train_body, got {spec.lr!r}")
 
 
-def _import_deepspeed() -> tuple[Any, Any]:
-    """Import deepspeed (slow: done lazily) with the CPU-only fixes; returns (deepspeed, accelerator)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences the accelerator warning
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    accel = get_accelerator()
-    if accel.device_name() == "cpu":
-        # Otherwise the first init JIT-compiles the shm comm op in C++ (80-127 s on 2 cores).
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines flood the logs
-    if not torch.distributed.is_initialized():
-        # A file rendezvous: two actors on one fixed MASTER_PORT would clash (EADDRINUSE).
-        fd, path = tempfile.mkstemp(prefix="fedray-ds-")
-        os.close(fd)
-        os.unlink(path)
-        deepspeed.init_distributed(
-            dist_backend=accel.communication_backend_name(),
-            init_method="file://" + path,
-            rank=0,
-            world_size=1,
-            auto_mpi_discovery=False,  # else it looks for mpi4py
-        )
-    if torch.distributed.get_world_size() == 1:
-        # DeepSpeedEngine asserts LOCAL_RANK is set; only launchers set it, init_distributed does not.
-        os.environ.setdefault("LOCAL_RANK", "0")
-    return deepspeed, accel
-
-
 def _ds_config(spec: ServerSpec, stage: int, precision: str) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": 1,  # required key; batching is the clients' business
@@ -112,7 +82,7 @@ class BodyRuntime:
             raise ValueError(f"zero_stage {spec.zero_stage} needs DeepSpeed; use 0 without it")
         t0 = time.perf_counter()
         if use_deepspeed:
-            deepspeed, accel = _import_deepspeed()
+            deepspeed, accel = start_deepspeed()
             self.device = torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", "0"))))
         else:
             deepspeed, self.device = None, local_device()
