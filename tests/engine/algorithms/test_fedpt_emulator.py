@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-import engine.lm.emulator as emulator
+import engine.lm.small as small
 from engine.lm.small import small_model_path
 from engine.prepare import prepare
 from tests.e2e.test_fedpt_run import _cfg
@@ -21,13 +21,13 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 def test_longer_emulator_build_continues_the_cached_one_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDRAY_CACHE", str(tmp_path / "cache"))
     starts: list[int] = []
-    real = emulator.distill_emulator
+    real = small.distill_emulator
 
     def spy(*args, **kwargs):
         starts.append(kwargs.get("start", 0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(emulator, "distill_emulator", spy)
+    monkeypatch.setattr(small, "distill_emulator", spy)  # as small_model_path calls it
     cfg = _cfg(**{"fedpt.emulator_distill_steps": 2})
     prep = prepare(cfg)
     build = lambda c: small_model_path(c, prep.public, prep.public_rows, prep.pad_id)  # noqa: E731
