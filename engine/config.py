@@ -44,6 +44,9 @@ class DataConfig(_Section):
     test_split: str = "test"
     max_train_samples: int | None = Field(None, ge=1)
     max_test_samples: int | None = Field(None, ge=1)
+    # Share of the training rows held out (seeded) before the clients' split: no client trains on
+    # them; eval.split: validation evaluates on them (what a sweep tunes on, never the test split).
+    validation_fraction: float = Field(0.0, ge=0, le=0.5)
     partition: PartitionConfig = PartitionConfig()
 
     @model_validator(mode="after")
@@ -127,6 +130,8 @@ class EvalConfig(_Section):
         1, ge=1
     )  # evaluate the global model every N rounds (and always after the last)
     batch_size: int = Field(64, ge=1)
+    # test: the data set's test split; validation: the rows data.validation_fraction holds out.
+    split: Literal["test", "validation"] = "test"
 
 
 class ResourcesConfig(_Section):
@@ -310,6 +315,15 @@ class RunConfig(_Section):
     pruning: PruningConfig = PruningConfig()
     local_loss: LocalLossConfig = LocalLossConfig()
     fedpt: FedPTConfig = FedPTConfig()
+
+    @model_validator(mode="after")
+    def _validation(self) -> RunConfig:
+        if self.eval.split == "validation" and self.data.validation_fraction == 0:
+            raise ValueError(
+                "eval.split: validation needs rows to evaluate; set data.validation_fraction "
+                "(e.g. 0.1)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _strategy(self) -> RunConfig:

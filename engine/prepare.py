@@ -10,7 +10,7 @@ import numpy as np
 from engine.algorithms import Algorithm, get_algorithm, supporting
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import RunConfig
-from engine.data.batching import Encoded, Pixels, encode, eval_batches
+from engine.data.batching import Encoded, Pixels, encode, eval_batches, take
 from engine.data.partition import label_histograms, make_partition
 from engine.data.sources import (
     ImageSplits,
@@ -24,7 +24,9 @@ from engine.methods import get_method
 from engine.model_check import check_model, check_token_ids, client_model_name
 from engine.models import check_model_loadable, is_image_model, load_tokenizer
 from engine.strategies import resolve
-from engine.train import TrainSpec
+from engine.train import TrainSpec, derive_seed
+
+VALIDATION_STREAM = 8  # seed stream of the held-out validation rows
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Prepared:
     vocab_size: int
     public: Encoded | Pixels | None = None  # FedPT's server-side text (rows public_rows)
     public_rows: np.ndarray | None = None
+    # train rows no client holds (data.validation_fraction); `test` is these rows with eval.split: validation
+    validation_rows: np.ndarray | None = None
 
 
 def _encode_splits(cfg: RunConfig, splits, tok) -> tuple[Encoded | Pixels, Encoded | Pixels]:
@@ -113,11 +117,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     profiles = assign_profiles(
         cfg.devices.mix, cfg.resources.device_profile, fed.num_clients, cfg.seed
     )
-    parts, public_rows = _client_parts(cfg, splits, alg)
+    parts, public_rows, validation_rows = _client_parts(cfg, splits, alg)
     pad_id = int(tok.pad_token_id) if tok is not None else 0
     vocab_size = len(tok) if tok is not None else 0
     rows = check_model(cfg, splits.num_labels, vocab_size, pad_id)  # before any text is encoded
     train, test = _encode_splits(cfg, splits, tok)
+    if cfg.eval.split == "validation":
+        test = take(train, validation_rows)
     if isinstance(train, Encoded):
         largest = max((int(e.ids.max()) for e in (train, test) if len(e.ids)), default=0)
         check_token_ids(client_model_name(cfg), largest, rows)
@@ -139,6 +145,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         lr=spec.lr,
         pad_id=pad_id,
         vocab_size=vocab_size,
+        validation_rows=validation_rows,
     )
 
 
@@ -173,15 +180,33 @@ def _check_algorithm(cfg: RunConfig) -> Algorithm:
     return alg
 
 
-def _client_parts(cfg: RunConfig, splits, alg: Algorithm) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each client's train rows, and the public rows the algorithm's server keeps (FedPT: a seeded
-    share of the train split that no client holds); every client must get data."""
+def _client_parts(
+    cfg: RunConfig, splits, alg: Algorithm
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Each client's train rows, the public rows the algorithm's server keeps (FedPT: a seeded share
+    of the train split that no client holds) and the validation rows (data.validation_fraction,
+    drawn first, so the public share never changes them); every client must get data."""
     d, n = cfg.data, len(splits.train_labels)
+    validation_rows = held_out_rows(n, d.validation_fraction, cfg.seed)
+    rest = np.setdiff1d(np.arange(n), validation_rows)
     public_rows = np.zeros(0, dtype=np.int64)
     if alg.public_text and cfg.fedpt.public_split == "public":
         k = max(1, round(cfg.fedpt.public_fraction * n))
-        public_rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=k, replace=False))
-    client_rows = np.setdiff1d(np.arange(n), public_rows)
+        if k >= len(rest):
+            raise ConfigError(
+                "fedpt.public_fraction",
+                f"{k} public rows leave no training row for the clients; lower it (or "
+                "data.validation_fraction)",
+            )
+        picked = np.random.default_rng(cfg.seed).choice(len(rest), size=k, replace=False)
+        public_rows = np.sort(rest[picked])
+    client_rows = np.setdiff1d(rest, public_rows)
+    if cfg.federation.num_clients > len(client_rows) and len(validation_rows):
+        raise ConfigError(
+            "data.validation_fraction",
+            f"{len(validation_rows)} held-out rows leave {len(client_rows)} for "
+            f"{cfg.federation.num_clients} clients; hold out fewer rows or use fewer clients",
+        )
     groups = getattr(splits, "train_groups", None)
     parts = make_partition(
         d.partition.kind,
@@ -194,10 +219,28 @@ def _client_parts(cfg: RunConfig, splits, alg: Algorithm) -> tuple[list[np.ndarr
     parts = [client_rows[p] for p in parts]
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
-        raise ConfigError(
-            "federation.num_clients", f"clients {empty[:5]} get no data; use fewer clients"
+        fewer = (
+            " (or hold out fewer rows: data.validation_fraction)" if len(validation_rows) else ""
         )
-    return parts, public_rows
+        raise ConfigError(
+            "federation.num_clients", f"clients {empty[:5]} get no data; use fewer clients{fewer}"
+        )
+    return parts, public_rows, validation_rows
+
+
+def held_out_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """round(fraction * n) rows (at least one when fraction > 0), sorted, drawn on their own seed
+    stream: the same rows for a seed whatever else the config changes."""
+    if fraction == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ConfigError(
+            "data.validation_fraction",
+            f"{k} of {n} training rows held out leaves none for the clients; lower it",
+        )
+    rng = np.random.default_rng(derive_seed(seed, VALIDATION_STREAM))
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
 
 
 def _train_spec(cfg: RunConfig, alg: Algorithm, pad_id: int) -> TrainSpec:

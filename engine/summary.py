@@ -53,6 +53,7 @@ def build_summary(
         "algorithm": cfg.algorithm,
         "strategy": cfg.federation.strategy,
         "method": method,
+        "eval_split": cfg.eval.split,  # eval/* metrics: the test split or the held-out validation rows
         "comm_bytes_by_kind": ledger.bytes_by_kind(),
         "metrics": final_metrics(history),
         "best": best_of(history),
@@ -92,6 +93,10 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
     ]
     if cfg.federation.strategy != "fedavg":
         rows.append(("strategy", cfg.federation.strategy))
+    if cfg.eval.split != "test":
+        rows.append(
+            ("evaluated on", f"{cfg.eval.split} (held-out training rows, not the test split)")
+        )
     for name, value in summary["metrics"].items():
         if "wall" in name:
             continue

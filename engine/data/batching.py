@@ -39,6 +39,19 @@ class Pixels:
         return np.ones(len(self.labels), dtype=np.int64)  # nothing to group by
 
 
+def take(data: Encoded | Pixels, rows: np.ndarray) -> Encoded | Pixels:
+    """The given rows of a split, in that order, as a split of its own."""
+    if isinstance(data, Pixels):
+        return Pixels(data.images[rows], data.labels[rows])
+    starts, ends = data.offsets[rows], data.offsets[rows + 1]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=offsets[1:])
+    ids = np.concatenate(
+        [data.ids[a:b] for a, b in zip(starts, ends, strict=True)] or [data.ids[:0]]
+    )
+    return Encoded(ids.astype(np.int32, copy=False), offsets, data.labels[rows])
+
+
 # Fashion-MNIST's pixel mean and std (on [0, 1]): inputs are standardised as torchvision does.
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 
