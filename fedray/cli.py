@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="sweep directory (default: runs/sweeps/<name>-<N>)")
     tune.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     tune.add_argument("--address", help="Ray cluster address (overrides the base config's)")
+    tune.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="run every setting with N seeds (the base config's seed and the N-1 after it; "
+        "replaces the file's seeds) and report mean and std per setting",
+    )
     rep = sub.add_parser(
         "report",
         help="plots + index.md for a run or a sweep directory",
@@ -171,9 +178,11 @@ def _tune(args: argparse.Namespace) -> None:
     if (args.sweep is None) == (args.resume is None):
         raise ConfigError("SWEEP", "give a sweep file, or --resume SWEEP_DIR (not both)")
     if args.resume:
+        if args.seeds is not None:
+            raise ConfigError("--seeds", "a resumed sweep keeps its seeds; drop --seeds")
         resume_sweep(args.resume, address=args.address)
     else:
-        run_sweep(args.sweep, out=args.out, address=args.address)
+        run_sweep(args.sweep, out=args.out, address=args.address, seeds=args.seeds)
 
 
 # ---------------------------------------------------------------- fedray models

@@ -323,3 +323,43 @@ def pareto(
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def seed_spread(
+    path: Path,
+    names: Sequence[str],
+    finals: Sequence[Sequence[float]],
+    spread: Sequence[tuple[float, float] | None],
+    labels: tuple[str, str],
+    title: str,
+    best: int | None,
+) -> None:
+    """Each setting's final metric over its seeds: every seed a dot, the mean with +- one sample
+    standard deviation (`spread`, None where no seed finished) as an error bar; the best in red."""
+    xlabel, metric = labels
+    fig = _figure(max(5.0, 0.9 * len(names) + 2.5), 4.2)
+    ax = fig.add_subplot()
+    for k, (values, ms) in enumerate(zip(finals, spread, strict=True)):
+        if ms is None:
+            continue
+        drawn = not ax.lines  # the first setting drawn labels the legend
+        ax.errorbar([k], [ms[0]], yerr=[ms[1]], fmt="s", capsize=6, markersize=7,
+                    color="tab:red" if k == best else "tab:blue",
+                    label="mean +- std" if drawn else None)  # fmt: skip
+        offsets = (
+            [0.0]
+            if len(values) == 1
+            else [0.24 * j / (len(values) - 1) - 0.12 for j in range(len(values))]
+        )
+        ax.scatter([k + o for o in offsets], values, color="black", s=12, alpha=0.6, zorder=3,
+                   label="one seed" if drawn else None)  # fmt: skip
+    tilt = len(names) > 4
+    ax.set_xticks(range(len(names)), list(names), rotation=30 if tilt else 0,
+                  ha="right" if tilt else "center", fontsize=6 if len(names) > _MAX_TICK_LABELS else None)  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, axis="y")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    _save(fig, path)

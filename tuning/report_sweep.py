@@ -36,11 +36,14 @@ def sweep_markdown(
     sweep: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
     trials: Mapping[str, str | None],
+    settings: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Draw the sweep's figures into `out` and return its index.md (inputs already checked);
-    `trials` is render_trial_reports' answer."""
+    `trials` is render_trial_reports' answer; `settings`: results.json's per-setting spread over
+    seeds, when the sweep had a seeds list."""
     axes = _sweep_axes(sweep["axes"], rows)
     sections = [
+        *([_seeds_section(out, sweep, settings)] if settings else []),
         _final_section(out, sweep, axes, rows),
         _pareto_section(out, sweep, axes, rows, "bytes_total", MB, "total communicated (MB)"),
         _pareto_section(
@@ -57,6 +60,10 @@ def sweep_markdown(
     if best:
         params = f" ({_label(best, axes)})" if axes else ""
         intro += f" Best trial: **{best['trial_id']}**{params}, {best['final']:.4g}."
+    top = _best_setting(settings or [], sweep["mode"])
+    if top is not None:
+        intro += (f" Best setting over seeds: **{_setting_label(top)}**, {top['mean']:.4g} +- "
+                  f"{top['std']:.2g} (mean +- std of {top['n']}).")  # fmt: skip
     tail = _trials_table(rows, axes, sweep["mode"], sweep_dir) + _trial_reports_note(trials)
     return markdown(f"Sweep report: {sweep['name']}", intro, sections, tail)
 
@@ -132,6 +139,49 @@ def _label(row: Mapping[str, Any], axes: Sequence[str]) -> str:
     params = row["params"]
     parts = [f"{k.rsplit('.', 1)[-1]}={_value(params.get(k))}" for k in axes]
     return ", ".join(parts) or str(row["trial_id"])
+
+
+def _setting_label(setting: Mapping[str, Any]) -> str:
+    parts = [f"{k.rsplit('.', 1)[-1]}={_value(v)}" for k, v in setting["params"].items()]
+    return ", ".join(parts) or "base"
+
+
+def _best_setting(settings: Sequence[Mapping[str, Any]], mode: str) -> Mapping[str, Any] | None:
+    ok = [g for g in settings if finite(g.get("mean"))]
+    return (max if mode == "max" else min)(ok, key=lambda g: g["mean"]) if ok else None
+
+
+def _seeds_section(
+    out: Path, sweep: Mapping[str, Any], settings: Sequence[Mapping[str, Any]]
+) -> Section:
+    metric, heading, png = sweep["metric"], "Final metric over seeds", "final_over_seeds.png"
+    names = [_setting_label(g) for g in settings]
+    spread = [(g["mean"], g["std"]) if finite(g.get("mean")) else None for g in settings]
+    top = _best_setting(settings, sweep["mode"])
+    best = next((k for k, g in enumerate(settings) if g is top), None)
+    plots.seed_spread(
+        out / png,
+        names,
+        [g["finals"] for g in settings],
+        spread,
+        ("setting", f"final {metric}"),
+        f"{sweep['name']}: final {metric} over seeds",
+        best,
+    )
+    cap = (
+        f"Each setting's final {metric} for every seed whose run finished (dots), with their mean and "
+        "+- one sample standard deviation (error bar); a setting's seeds share every other parameter."
+    )
+    lacking = [
+        f"{n} ({', '.join(map(str, g['missing']))})"
+        for n, g in zip(names, settings, strict=True)
+        if g["missing"]
+    ]
+    if lacking:
+        cap += " Seeds missing (failed or stopped early): " + "; ".join(lacking) + "."
+    if top is not None:
+        cap += f" Best mean (red): {_setting_label(top)}, {top['mean']:.4g} +- {top['std']:.2g}."
+    return (png, heading, cap)
 
 
 def _final_section(
@@ -286,6 +336,29 @@ def report_sweep(sweep_dir: Path) -> Path:
     path = sweep_dir / "results.json"
     if not path.is_file():
         raise ConfigError(KEY, f"{sweep_dir} holds no results.json (not a fedray sweep directory)")
-    sweep, rows = check_results(path, read_json(path))
+    data = read_json(path)
+    sweep, rows = check_results(path, data)
+    settings = check_settings(path, data)
     trials = render_trial_reports(rows, sweep_dir)  # before the table, so it links them
-    return write_report(sweep_dir, lambda out: sweep_markdown(out, sweep_dir, sweep, rows, trials))
+    return write_report(
+        sweep_dir, lambda out: sweep_markdown(out, sweep_dir, sweep, rows, trials, settings)
+    )
+
+
+def check_settings(path: Path, data: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """results.json's "settings" (a sweep with seeds), each with params, finals, mean, std, n and
+    missing; None when absent."""
+    settings = data.get("settings")
+    if settings is None:
+        return None
+    shape = {"params": dict, "finals": list, "missing": list}
+    if not isinstance(settings, list) or not all(
+        isinstance(g, dict) and all(isinstance(g.get(k), t) for k, t in shape.items())
+        and all(finite(v) for v in g["finals"])
+        and (not g["finals"] or (finite(g.get("mean")) and finite(g.get("std")) and isinstance(g.get("n"), int)))
+        for g in settings
+    ):  # fmt: skip
+        raise ConfigError(
+            KEY, f'{path}: "settings" should list objects with params, finals, missing'
+        )
+    return settings

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 from engine.config import RunConfig, dump_config
 from engine.rundir import atomic_write, read_metrics
-from tuning.sweep import SweepConfig, trial_config
+from tuning.sweep import SweepConfig, axes, trial_config
 from tuning.trial import RUN
 
 RESULTS = "results.json"
@@ -51,38 +52,88 @@ def collect(sweep: SweepConfig, sweep_dir: Path, grid: Any) -> list[dict]:
         if result.error is not None:  # Ray wraps the trial's exception: its last line names it
             lines = [x.strip() for x in str(result.error).splitlines() if x.strip()]
             error = (lines[-1] if lines else type(result.error).__name__)[:300]
-        params = {k: result.config[k] for k in sweep.space if k in result.config}
+        params = {k: result.config[k] for k in axes(sweep) if k in result.config}
         rows.append(trial_row(sweep, trial_dir, params, error))
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
+def _finished(row: dict) -> bool:
+    return row["final"] is not None and math.isfinite(row["final"])
+
+
 def best_row(sweep: SweepConfig, rows: list[dict]) -> dict | None:
-    done = [r for r in rows if r["final"] is not None and math.isfinite(r["final"])]
+    done = [r for r in rows if _finished(r)]
     if not done:
         return None
     sign = 1 if sweep.mode == "max" else -1
     return max(done, key=lambda r: sign * r["final"])
 
 
+def settings(sweep: SweepConfig, rows: list[dict]) -> list[dict]:
+    """With a seeds list: one entry per setting (the trial parameters less `seed`), its final metric
+    over the seeds whose run went through every round (mean, sample std, min, max; a trial that
+    failed or was stopped early counts in `missing`), in the order the trials first show it."""
+    groups: dict[str, dict] = {}
+    for r in rows:
+        params = {k: v for k, v in r["params"].items() if k != "seed"}
+        key = json.dumps(params, sort_keys=True, default=str)
+        g = groups.setdefault(key, {"params": params, "seeds": [], "finals": [], "missing": []})
+        if r["status"] == "TERMINATED" and _finished(r):
+            g["seeds"].append(r["params"].get("seed"))
+            g["finals"].append(r["final"])
+        else:
+            g["missing"].append(r["params"].get("seed"))
+    for g in groups.values():
+        f = g["finals"]
+        g["n"] = len(f)
+        g["mean"] = statistics.fmean(f) if f else None
+        g["std"] = statistics.stdev(f) if len(f) > 1 else 0.0 if f else None
+        g["min"], g["max"] = (min(f), max(f)) if f else (None, None)
+    return list(groups.values())
+
+
+def best_setting(sweep: SweepConfig, groups: list[dict]) -> dict | None:
+    """The setting with the best mean final metric (a tie: the one listed first)."""
+    done = [g for g in groups if g["mean"] is not None]
+    if not done:
+        return None
+    sign = 1 if sweep.mode == "max" else -1
+    return max(done, key=lambda g: sign * g["mean"])
+
+
 def write_results(
     sweep: SweepConfig, base: RunConfig, sweep_dir: Path, rows: list[dict], wall_s: float
 ) -> str:
     """results.json / results.csv / results.md / best.yaml in the sweep directory; prints the table."""
-    axes = list(sweep.space)
-    meta = {"name": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "axes": axes,
-            "base": sweep.base, "wall_s": wall_s}  # fmt: skip
-    atomic_write(sweep_dir / RESULTS, json.dumps({"sweep": meta, "rows": rows}, indent=1) + "\n")
+    names = axes(sweep)
+    meta = {"name": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "axes": names,
+            "base": sweep.base, "wall_s": wall_s, "seeds": sweep.seeds}  # fmt: skip
+    data: dict[str, Any] = {"sweep": meta, "rows": rows}
+    groups = settings(sweep, rows) if sweep.seeds else None
+    if groups is not None:
+        data["settings"] = groups
+    atomic_write(sweep_dir / RESULTS, json.dumps(data, indent=1) + "\n")
     tmp = sweep_dir / "results.csv.tmp"
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["trial_id", *axes, *COLUMNS[1:], "error"])
+        w.writerow(["trial_id", *names, *COLUMNS[1:], "error"])
         for r in rows:
-            w.writerow([r["trial_id"], *(r["params"].get(a) for a in axes),
+            w.writerow([r["trial_id"], *(r["params"].get(a) for a in names),
                         *(r[c] for c in COLUMNS[1:]), r["error"] or ""])  # fmt: skip
     tmp.replace(sweep_dir / "results.csv")
     table = markdown(sweep, rows)
-    best = best_row(sweep, rows)
-    if best is not None:
+    if groups is not None:
+        table += "\n" + settings_markdown(sweep, groups)
+        best = best_setting(sweep, groups)
+        if best is not None:
+            cfg = trial_config(sweep, best["params"])  # at the base experiment's seed
+            head = (f"# best setting of sweep {sweep.name}: {sweep.metric} = {best['mean']:.4g} "
+                    f"+- {best['std']:.2g} over seeds {best['seeds']}\n")  # fmt: skip
+            atomic_write(sweep_dir / "best.yaml", head + dump_config(cfg))
+            table += (
+                f"\nbest: {best['params']} (mean of {best['n']}) -> {sweep_dir / 'best.yaml'}\n"
+            )
+    elif (best := best_row(sweep, rows)) is not None:
         cfg = trial_config(sweep, best["params"])
         head = f"# best trial {best['trial_id']} of sweep {sweep.name}: {sweep.metric} = {best['final']:.4g}\n"
         atomic_write(sweep_dir / "best.yaml", head + dump_config(cfg))
@@ -101,15 +152,29 @@ def _fmt(v: Any) -> str:
 
 
 def markdown(sweep: SweepConfig, rows: list[dict]) -> str:
-    axes = list(sweep.space)
-    head = ["trial", *axes, "status", f"final {sweep.metric}", "best", "MB total",
+    names = axes(sweep)
+    head = ["trial", *names, "status", f"final {sweep.metric}", "best", "MB total",
             "client GFLOPs/round", "virtual s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mb = r["bytes_total"] / 1e6 if r["bytes_total"] is not None else None
         gf = r["client_flops"] / 1e9 if r["client_flops"] is not None else None
         status = r["status"] + (f" ({r['error']})" if r["error"] else "")
-        cells = [r["trial_id"], *(r["params"].get(a) for a in axes), status, r["final"], r["best"],
+        cells = [r["trial_id"], *(r["params"].get(a) for a in names), status, r["final"], r["best"],
                  mb, gf, r["virtual_s"]]  # fmt: skip
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_markdown(sweep: SweepConfig, groups: list[dict]) -> str:
+    """One line per setting: its final metric as mean +- std over the seeds that finished."""
+    keys = list(sweep.space)
+    head = [*keys, "seeds", f"final {sweep.metric} (mean +- std)", "min", "max", "missing seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        spread = "-" if g["mean"] is None else f"{g['mean']:.4g} +- {g['std']:.2g}"
+        missing = ", ".join(map(str, g["missing"])) or "-"
+        cells = [*(_fmt(g["params"].get(k)) for k in keys), str(g["n"]), spread,
+                 _fmt(g["min"]), _fmt(g["max"]), missing]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from engine.errors import ConfigError
 from engine.strict import DuplicateKeyError, load_yaml
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+MAX_SEEDS = 1000
 
 
 class _Section(BaseModel):
@@ -56,6 +57,8 @@ class SweepConfig(_Section):
     trial: TrialResources = TrialResources()
     wandb: SweepWandb = SweepWandb()
     seed: int = 0  # draws of random search spaces
+    # Every setting run once per seed (the experiment's `seed`); results give mean and std per setting.
+    seeds: list[int] | None = None
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
@@ -81,6 +84,7 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
         raise ConfigError(key, err["msg"]) from None
     if not sweep.space:
         raise ConfigError("space", "name at least one config key to sweep, e.g. {grid: [1, 2]}")
+    check_seeds(sweep)
     base_path = (path.parent / sweep.base).resolve()
     if not base_path.is_file():
         raise ConfigError("base", f"{base_path} does not exist; name the experiment config")
@@ -89,6 +93,37 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
     check_space(sweep, base)
     check_metric(sweep, base)
     return sweep, base
+
+
+def check_seeds(sweep: SweepConfig) -> None:
+    if sweep.seeds is None:
+        return
+    if not sweep.seeds or any(not isinstance(s, int) or s < 0 for s in sweep.seeds):
+        raise ConfigError("seeds", f"give a list of seeds >= 0, e.g. [0, 1, 2] (got {sweep.seeds})")
+    if len(set(sweep.seeds)) != len(sweep.seeds):
+        raise ConfigError("seeds", f"{sweep.seeds} repeats a seed; list each once")
+    if len(sweep.seeds) > MAX_SEEDS:
+        raise ConfigError("seeds", f"{len(sweep.seeds)} seeds; give at most {MAX_SEEDS}")
+    if "seed" in sweep.space:
+        raise ConfigError("space.seed", "the seeds list repeats every setting per seed; drop one")
+    for s in sweep.seeds:
+        try:
+            trial_config(sweep, {"seed": s})
+        except ConfigError as exc:
+            raise ConfigError("seeds", f"seed {s!r}: {exc.key}: {exc.message}") from None
+
+
+def with_seeds(sweep: SweepConfig, n: int) -> SweepConfig:
+    """`fedray tune --seeds N`: the base experiment's seed and the N - 1 after it (replaces `seeds`)."""
+    if not 1 <= n <= MAX_SEEDS:
+        raise ConfigError("--seeds", f"give 1 to {MAX_SEEDS} seeds (got {n})")
+    first = base_config(sweep).seed
+    return sweep.model_copy(update={"seeds": list(range(first, first + n))})
+
+
+def axes(sweep: SweepConfig) -> list[str]:
+    """The parameters a trial is told apart by: the swept keys, then `seed` with a seeds list."""
+    return [*sweep.space, *(["seed"] if sweep.seeds else [])]
 
 
 def _override(key: str, value: Any) -> str:
@@ -183,10 +218,12 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
     for key, spec in sweep.space.items():
         kind, values = space_values(spec, key)
         out[key] = make[kind](values)
+    if sweep.seeds:
+        out["seed"] = tune.grid_search(sweep.seeds)
     return out
 
 
 def grid_size(sweep: SweepConfig) -> int:
-    """Trials a sweep starts: the grid's cells times num_samples."""
+    """Trials a sweep starts: the grid's cells times the seeds times num_samples."""
     cells = math.prod(len(v) for s in sweep.space.values() for k, v in s.items() if k == "grid")
-    return cells * sweep.num_samples
+    return cells * len(sweep.seeds or [0]) * sweep.num_samples

@@ -14,7 +14,7 @@ from actors.cluster import init_ray
 from engine.errors import ConfigError
 from engine.rundir import new_run_dir
 from tuning.results import collect, write_results
-from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space
+from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space, with_seeds
 from tuning.trial import run_trial, trial_bundles
 
 TUNE_DIR = "tune"  # Tune's own experiment folder inside the sweep directory
@@ -51,9 +51,15 @@ def _nodes() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def run_sweep(path: str, out: str | None = None, address: str | None = None) -> Path:
-    """Check the sweep, start (or join) Ray, run every trial, write the results. Returns the sweep dir."""
+def run_sweep(
+    path: str, out: str | None = None, address: str | None = None, seeds: int | None = None
+) -> Path:
+    """Check the sweep, start (or join) Ray, run every trial, write the results. Returns the sweep dir.
+    `seeds`: run every setting with that many seeds from the base experiment's (the file's `seeds`
+    replaced)."""
     sweep, base = load_sweep(path)
+    if seeds is not None:
+        sweep = with_seeds(sweep, seeds)
     sweep_dir = new_sweep_dir(out, sweep.name)
     return _run(sweep, base, sweep_dir, address, restore=False)
 
@@ -71,6 +77,7 @@ def _run(
     sweep: SweepConfig, base: Any, sweep_dir: Path, address: str | None, restore: bool
 ) -> Path:
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     os.environ["WANDB_MODE"] = sweep.wandb.mode  # Ray's W&B callback reads only the variable
     started = init_ray(address or base.ray.address, base.ray.num_cpus, False)
@@ -87,6 +94,9 @@ def _run(
         )
         print(f"sweep {sweep.name}: {grid_size(sweep)} trial(s), {concurrent} at a time, "
               f"each {bundles}; results in {sweep_dir}", flush=True)  # fmt: skip
+        if sweep.metric.startswith("eval/") and base.eval.split == "test":
+            print(f"note: {sweep.metric} is measured on the test split; to tune without reading "
+                  "it, set data.validation_fraction and eval.split: validation", flush=True)  # fmt: skip
         t0 = time.perf_counter()
         if restore:
             tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_errored=True)
@@ -100,6 +110,10 @@ def _run(
                     num_samples=sweep.num_samples,
                     scheduler=_scheduler(sweep),
                     max_concurrent_trials=concurrent,
+                    # seeded draws; with a seeds list, every seed of a setting gets the same draw
+                    search_alg=BasicVariantGenerator(
+                        constant_grid_search=bool(sweep.seeds), random_state=sweep.seed
+                    ),
                     trial_dirname_creator=lambda t: t.trial_id,
                 ),
                 run_config=tune.RunConfig(

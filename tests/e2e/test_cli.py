@@ -36,6 +36,12 @@ BAD = [
     (["data.partition.kind=zipf"], "data.partition.kind"),
     (["federation.num_clients=100000"], "federation.num_clients"),
     (["notakeyvalue"], "notakeyvalue"),
+    (["eval.split=validation"], "eval.split: validation needs rows to evaluate"),
+    (["data.validation_fraction=0.9"], "data.validation_fraction"),
+    (
+        ["data.validation_fraction=0.5", "data.max_train_samples=8"],
+        "data.validation_fraction: 4 held-out rows leave 4 for 6 clients",
+    ),
 ]
 
 
@@ -48,6 +54,25 @@ def test_bad_input_exits_2_with_one_line(overrides, expected, tmp_path, capsys) 
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert expected in err[0]
     assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--seeds", "0"], "--seeds: give 1 to 1000 seeds (got 0)"),
+        (["--seeds", "1000000000"], "--seeds: give 1 to 1000 seeds"),
+        (["--resume", "x", "--seeds", "2"], "SWEEP: give a sweep file, or --resume"),
+    ],
+)
+def test_bad_tune_seeds_exit_2_with_one_line(args, expected, tmp_path, capsys) -> None:
+    sweep = (
+        Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "fedpetuning_lora_rank_lr.yaml"
+    )
+    out = tmp_path / "sweep"
+    assert main(["tune", str(sweep), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert not out.exists()
 
 
 def test_missing_config_file(capsys) -> None:

@@ -233,6 +233,27 @@ def test_sweep_with_one_axis_draws_a_line(tmp_path: Path) -> None:
     assert "every trial failed at 0.3." in text  # 0.1 failed once but also finished once
 
 
+def test_sweep_with_seeds_draws_each_settings_spread(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    doc = json.loads((sweep / "results.json").read_text())
+    doc["settings"] = [
+        {"params": {"train.lr": 0.001}, "seeds": [0, 1, 2], "finals": [0.7, 0.8, 0.9],
+         "missing": [], "n": 3, "mean": 0.8, "std": 0.1},
+        {"params": {"train.lr": 0.01}, "seeds": [0], "finals": [0.85], "missing": [1, 2],
+         "n": 1, "mean": 0.85, "std": 0.0},
+        {"params": {"train.lr": 0.1}, "seeds": [], "finals": [], "missing": [0, 1, 2],
+         "n": 0, "mean": None, "std": None},
+    ]  # fmt: skip
+    (sweep / "results.json").write_text(json.dumps(doc))
+    text = assert_pngs(report(sweep), [*SWEEP_PNGS, "final_over_seeds"])
+    assert "Best setting over seeds: **lr=0.01**, 0.85 +- 0 (mean +- std of 1)." in text
+    assert "Seeds missing (failed or stopped early): lr=0.01 (1, 2); lr=0.1 (0, 1, 2)." in text
+    doc["settings"][0].pop("mean")
+    (sweep / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="settings"):
+        report(sweep)
+
+
 # ---- user errors -----------------------------------------------------------------------------
 
 

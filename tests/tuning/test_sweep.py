@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from engine.errors import ConfigError
-from tuning.sweep import grid_size, load_sweep, reported_metrics
+from tuning.sweep import axes, grid_size, load_sweep, reported_metrics, with_seeds
 from tuning.trial import trial_bundles
 from tuning.tune import check_fits
 
@@ -53,12 +53,32 @@ def test_a_good_sweep_loads_with_its_base_and_grid(tmp_path: Path) -> None:
         ({"base": "nope.yaml"}, "base"),
         ({"overrides": {"federation.rounds": -1}}, "overrides.federation.rounds"),
         ({"trial": {"driver_cpus": 0}}, "trial.driver_cpus"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"seeds": [-1]}, "seeds"),
+        ({"seeds": ["a"]}, "seeds.0"),
+        ({"seeds": list(range(1001))}, "seeds"),
+        ({"seeds": [0], "space": {"seed": {"grid": [1, 2]}}}, "space.seed"),
     ],
 )
 def test_bad_sweeps_name_the_key(tmp_path: Path, fields: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_sweep(sweep_file(tmp_path, **fields))
     assert err.value.key == key, err.value
+
+
+def test_seeds_multiply_the_grid_and_name_an_axis(tmp_path: Path) -> None:
+    sweep, base = load_sweep(sweep_file(tmp_path, seeds=[3, 5, 7], num_samples=2))
+    assert grid_size(sweep) == 2 * 2 * 3 * 2
+    assert axes(sweep) == ["pruning.keep_ratio", "split.prompt_length", "seed"]
+    plain, _ = load_sweep(sweep_file(tmp_path))
+    assert axes(plain) == ["pruning.keep_ratio", "split.prompt_length"] and plain.seeds is None
+    # --seeds N: the base experiment's seed and the N - 1 after it, replacing the file's list
+    assert with_seeds(sweep, 2).seeds == [base.seed, base.seed + 1]
+    for n in (0, -3, 10**9):
+        with pytest.raises(ConfigError) as err:
+            with_seeds(sweep, n)
+        assert err.value.key == "--seeds"
 
 
 def test_bundles_and_fits() -> None:
