@@ -6,11 +6,12 @@ Options: --alphas "[0.1, 1.0]" --strategies "[fedavg, fedadam]" --seeds 2 --roun
          --out benchmarks/out
 
 For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the client learning rate and the
-strategy's own rate (server_lr, or FedProx's mu) picks the setting with the best final accuracy; that setting is
-then run again with seeds 1..N (never the tuning seed). Tuning reads the test split (fedray has no validation
-split yet): the chosen rates are optimistic for every strategy alike. Prints a table (final accuracy mean +- std
-over the seeds, accuracy per evaluated round, MB up per client and round, the tuned rates) and writes
-strategies.json beside the sweeps and runs.
+strategy's own rate (server_lr, or FedProx's mu) picks the setting with the best final accuracy on a validation
+split (10% of the training rows, held out from every client: data.validation_fraction, eval.split: validation);
+that setting is then run again with seeds 1..N (never the tuning seed) on the test split, the same rows held out.
+The test split is never read while tuning. Prints a table (final test accuracy mean +- std over the seeds,
+accuracy per evaluated round, MB up per client and round, the tuned rates) and writes strategies.json beside the
+sweeps and runs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ OWN_GRID: dict[str, tuple[str, list[float]] | None] = {
     "fedadagrad": ("strategy.server_lr", [0.01, 0.03, 0.1]),
     "scaffold": None,  # server_lr 1 as in the paper
 }
+VALIDATION = 0.1  # share of the training rows held out for tuning (and kept out in the test runs)
 SMOKE = ["model.name=tiny-bert-random", "model.max_length=64", "data.max_train_samples=200",
          "data.max_test_samples=64", "train.local_steps=2", "train.batch_size=8"]  # fmt: skip
 
@@ -74,6 +76,7 @@ def fixed(args: argparse.Namespace, alpha: float, strategy: str) -> dict[str, An
         "data.partition.kind": "dirichlet",
         "data.partition.alpha": alpha,
         "federation.strategy": strategy,
+        "data.validation_fraction": VALIDATION,
         "wandb.mode": "disabled",
     }
     for item in (SMOKE if args.smoke else []) + args.set:
@@ -96,7 +99,12 @@ def sweep_file(folder: Path, name: str, overrides: dict[str, Any], grid: dict) -
     sweep = {
         "name": name,
         "base": str(BASE_CONFIG),
-        "overrides": {**overrides, "resources.num_workers": 1, "resources.client_num_cpus": 0.5},
+        "overrides": {
+            **overrides,
+            "eval.split": "validation",
+            "resources.num_workers": 1,
+            "resources.client_num_cpus": 0.5,
+        },  # fmt: skip
         "space": grid,
         "metric": "eval/accuracy",
         "mode": "max",

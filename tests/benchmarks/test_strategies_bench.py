@@ -29,6 +29,13 @@ def test_each_sweep_loads_and_every_grid_point_is_a_valid_run(strategy: str, tmp
     sweep, base = load_sweep(path)
     check_space(sweep, base)
     assert base.federation.strategy == strategy and base.data.partition.alpha == 0.1
+    assert base.eval.split == "validation"  # tuning never reads the test split
+    test_runs = bench.fixed(
+        args, 0.1, strategy
+    )  # the seeds' runs: the same rows held out, test split
+    assert (
+        test_runs["data.validation_fraction"] == bench.VALIDATION and "eval.split" not in test_runs
+    )
     own = bench.OWN_GRID[strategy]
     points = len(bench.CLIENT_LRS) * (len(own[1]) if own else 1)
     assert len(grid) == (2 if own else 1) and points >= 2
