@@ -125,19 +125,20 @@ def write_results(
     if groups is not None:
         table += "\n" + settings_markdown(sweep, groups)
         best = best_setting(sweep, groups)
-        if best is not None:
-            cfg = trial_config(sweep, best["params"])  # at the base experiment's seed
-            head = (f"# best setting of sweep {sweep.name}: {sweep.metric} = {best['mean']:.4g} "
-                    f"+- {best['std']:.2g} over seeds {best['seeds']}\n")  # fmt: skip
-            atomic_write(sweep_dir / "best.yaml", head + dump_config(cfg))
-            table += (
-                f"\nbest: {best['params']} (mean of {best['n']}) -> {sweep_dir / 'best.yaml'}\n"
+    else:
+        best = best_row(sweep, rows)
+    if best is not None:
+        if groups is not None:  # the setting's params hold no seed: best.yaml has the base one
+            what = f"setting {best['params']}: {sweep.metric} = {best['mean']:.4g} +- {best['std']:.2g} over seeds {best['seeds']}"
+        else:
+            what = (
+                f"trial {best['trial_id']} {best['params']}: {sweep.metric} = {best['final']:.4g}"
             )
-    elif (best := best_row(sweep, rows)) is not None:
         cfg = trial_config(sweep, best["params"])
-        head = f"# best trial {best['trial_id']} of sweep {sweep.name}: {sweep.metric} = {best['final']:.4g}\n"
-        atomic_write(sweep_dir / "best.yaml", head + dump_config(cfg))
-        table += f"\nbest: {best['trial_id']} {best['params']} -> {sweep_dir / 'best.yaml'}\n"
+        atomic_write(
+            sweep_dir / "best.yaml", f"# best {what} of sweep {sweep.name}\n" + dump_config(cfg)
+        )
+        table += f"\nbest: {what} -> {sweep_dir / 'best.yaml'}\n"
     atomic_write(sweep_dir / "results.md", table)
     print(table, flush=True)
     return table
