@@ -29,7 +29,9 @@ def test_each_sweep_loads_and_every_grid_point_is_a_valid_run(strategy: str, tmp
     sweep, base = load_sweep(path)
     check_space(sweep, base)
     assert base.federation.strategy == strategy and base.data.partition.alpha == 0.1
-    assert base.eval.split == "validation"  # tuning never reads the test split
+    assert (
+        base.eval.split == "validation" and sweep.metric == "eval/macro_f1"
+    )  # never the test split
     test_runs = bench.fixed(
         args, 0.1, strategy
     )  # the seeds' runs: the same rows held out, test split
@@ -45,7 +47,8 @@ def test_each_sweep_loads_and_every_grid_point_is_a_valid_run(strategy: str, tmp
 
 def test_a_cell_row_is_the_seeds_mean_and_std() -> None:
     def run(accs: list[float], up: float) -> dict:
-        records = [{"round": 2 * (i + 1), "eval/accuracy": a} for i, a in enumerate(accs)]
+        records = [{"round": 2 * (i + 1), "eval/accuracy": a, "eval/macro_f1": a / 2}
+                   for i, a in enumerate(accs)]  # fmt: skip
         return {"records": records, "summary": {"bytes_up_per_client_round": up}, "wall_s": 1.0}
 
     row = bench.summarize(
@@ -53,10 +56,14 @@ def test_a_cell_row_is_the_seeds_mean_and_std() -> None:
     )
     assert row["accuracy_mean"] == pytest.approx(0.8)
     assert row["accuracy_std"] == pytest.approx(0.1414213562)  # sample std of 0.7 and 0.9
+    assert row["macro_f1_mean"] == pytest.approx(0.4) and row["macro_f1_std"] == pytest.approx(
+        0.0707106781
+    )
     assert row["accuracy_by_round"] == {2: pytest.approx(0.55), 4: pytest.approx(0.8)}
     assert row["mb_up_per_client_round"] == 2.0
-    assert "| 0.1 | fedadam | lr 0.002 | 0.800 +- 0.141 | 0.550 | 0.800 | 2.00 |" in bench.markdown(
-        [row]
+    assert (
+        "| 0.1 | fedadam | lr 0.002 | 0.800 +- 0.141 | 0.400 +- 0.071 | 0.550 | 0.800 | 2.00 |"
+        in bench.markdown([row])
     )
 
 
