@@ -359,6 +359,7 @@ def check_settings(path: Path, data: Mapping[str, Any]) -> list[dict[str, Any]] 
         for g in settings
     ):  # fmt: skip
         raise ConfigError(
-            KEY, f'{path}: "settings" should list objects with params, finals, missing'
+            KEY,
+            f'{path}: "settings" should list objects with params, finals, missing (and mean, std, n with finals)',
         )
     return settings

@@ -106,19 +106,21 @@ def check_seeds(sweep: SweepConfig) -> None:
         raise ConfigError("seeds", f"{len(sweep.seeds)} seeds; give at most {MAX_SEEDS}")
     if "seed" in sweep.space:
         raise ConfigError("space.seed", "the seeds list repeats every setting per seed; drop one")
-    for s in sweep.seeds:
+    for s in {min(sweep.seeds), max(sweep.seeds)}:  # `seed` is a range in the schema: its ends
         try:
             trial_config(sweep, {"seed": s})
         except ConfigError as exc:
             raise ConfigError("seeds", f"seed {s!r}: {exc.key}: {exc.message}") from None
 
 
-def with_seeds(sweep: SweepConfig, n: int) -> SweepConfig:
-    """`fedray tune --seeds N`: the base experiment's seed and the N - 1 after it (replaces `seeds`)."""
+def with_seeds(sweep: SweepConfig, n: int, first: int) -> SweepConfig:
+    """`fedray tune --seeds N`: `first` (the base experiment's seed) and the N - 1 after it, replacing
+    `seeds`, checked as a seeds list from the file is."""
     if not 1 <= n <= MAX_SEEDS:
         raise ConfigError("--seeds", f"give 1 to {MAX_SEEDS} seeds (got {n})")
-    first = base_config(sweep).seed
-    return sweep.model_copy(update={"seeds": list(range(first, first + n))})
+    out = sweep.model_copy(update={"seeds": list(range(first, first + n))})
+    check_seeds(out)
+    return out
 
 
 def axes(sweep: SweepConfig) -> list[str]:

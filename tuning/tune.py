@@ -59,7 +59,7 @@ def run_sweep(
     replaced)."""
     sweep, base = load_sweep(path)
     if seeds is not None:
-        sweep = with_seeds(sweep, seeds)
+        sweep = with_seeds(sweep, seeds, base.seed)
     sweep_dir = new_sweep_dir(out, sweep.name)
     return _run(sweep, base, sweep_dir, address, restore=False)
 

@@ -74,11 +74,16 @@ def test_seeds_multiply_the_grid_and_name_an_axis(tmp_path: Path) -> None:
     plain, _ = load_sweep(sweep_file(tmp_path))
     assert axes(plain) == ["pruning.keep_ratio", "split.prompt_length"] and plain.seeds is None
     # --seeds N: the base experiment's seed and the N - 1 after it, replacing the file's list
-    assert with_seeds(sweep, 2).seeds == [base.seed, base.seed + 1]
+    assert with_seeds(sweep, 2, base.seed).seeds == [base.seed, base.seed + 1]
     for n in (0, -3, 10**9):
         with pytest.raises(ConfigError) as err:
-            with_seeds(sweep, n)
+            with_seeds(sweep, n, base.seed)
         assert err.value.key == "--seeds"
+    # --seeds is checked as the file's list is: `seed` swept beside it is refused
+    seeded, _ = load_sweep(sweep_file(tmp_path, space={"seed": {"grid": [1, 2]}}))
+    with pytest.raises(ConfigError) as err:
+        with_seeds(seeded, 2, base.seed)
+    assert err.value.key == "space.seed"
 
 
 def test_bundles_and_fits() -> None:
