@@ -31,20 +31,27 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _trees() -> dict[str, ast.Module]:
+    """module -> its parsed source, for every module of the project's packages."""
+    return {
+        _module(path): ast.parse(path.read_text(), str(path))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def _names(node: ast.AST) -> set[str]:
+    """The module names one import statement names (`from a.b import c` gives a.b and a.b.c)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return set()
+
+
 def _imports() -> dict[str, set[str]]:
-    """module -> every module name it imports (absolute; `from a.b import c` gives a.b and a.b.c)."""
-    out: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            names: set[str] = set()
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    names |= {a.name for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    names.add(node.module)
-                    names |= {f"{node.module}.{a.name}" for a in node.names}
-            out[_module(path)] = names
-    return out
+    """module -> every module name it imports (absolute)."""
+    return {m: {n for node in ast.walk(t) for n in _names(node)} for m, t in _trees().items()}
 
 
 def _top(name: str) -> str:
@@ -124,20 +131,12 @@ LAZY = {
 def _function_level_imports() -> dict[str, set[str]]:
     """module -> the project modules it imports inside a function body."""
     out: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            for fn in ast.walk(ast.parse(path.read_text(), str(path))):
-                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                for node in ast.walk(fn):
-                    names = []
-                    if isinstance(node, ast.Import):
-                        names = [a.name for a in node.names]
-                    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                        names = [node.module]
-                    names = [n for n in names if _top(n) in PACKAGES]
-                    if names:
-                        out.setdefault(_module(path), set()).update(names)
+    for module, tree in _trees().items():
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = {n for node in ast.walk(fn) for n in _names(node) if _top(n) in PACKAGES}
+                if names:
+                    out.setdefault(module, set()).update(names)
     return out
 
 
