@@ -39,6 +39,8 @@ ROWS: dict[str, list[str]] = {
     "SFPrompt": [],
     "SFPrompt w/o pruning": ["pruning.enabled=false"],
     "SFPrompt w/o local loss": ["local_loss.enabled=false"],
+    # The cut with no block on the client: head = embeddings + prompts, tail = classifier.
+    "SFPrompt zero-block cut": ["split.head_layers=0", "split.tail_layers=0"],
     # SplitFed: the same split, no prompts; the client trains its head and tail, the server its body.
     "SplitFed": [
         "split.prompt_length=0",
@@ -52,6 +54,7 @@ ROWS: dict[str, list[str]] = {
 SMOKE_OVERRIDES = [
     "model.name=tiny-bert-random",
     "model.max_length=64",
+    "split.head_layers=0",  # tiny-bert-random has 2 blocks: one on the client, one on the server
     "split.tail_layers=1",
     "data.max_train_samples=200",
     "data.max_test_samples=64",

@@ -78,6 +78,9 @@ def tiny_overrides(**extra: object) -> list[str]:
         "eval.every": 1,
         "eval.batch_size": 16,
         "wandb.mode": "disabled",
+        # tiny-bert-random has 2 blocks: SFPrompt's body keeps both (the embedded 1 + 1 cut needs 3+)
+        "split.head_layers": 0,
+        "split.tail_layers": 0,
     }
     base.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
