@@ -1,16 +1,19 @@
-"""What the benchmarks share: an offline environment, one real fedray run read back, and a
-background poller for memory samplers."""
+"""What the benchmarks share: an offline environment, one real fedray run read back (or resumed),
+a tuning sweep on the validation split, and a background poller for memory samplers."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {
@@ -30,24 +33,93 @@ def offline() -> None:
 
 
 def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """One real fedray run in-process (on the local Ray): summary, records, client rows, wall time."""
-    from actors.launch import start_run
-    from engine.config import apply_overrides, read_yaml, validate_config
+    """One real fedray run in-process (on the local Ray): summary, records, client rows, wall time.
+
+    A `run_dir` that already holds this run is read back when finished and resumed from its last
+    checkpoint when not, so a long benchmark started again with the same output folder picks up
+    where it stopped; one that holds another config is an error (nothing is overwritten)."""
+    from actors.launch import resume_run, start_run
+    from engine.config import apply_overrides, load_config, read_yaml, validate_config
+    from engine.rundir import CONFIG, SUMMARY
 
     cfg = validate_config(apply_overrides(read_yaml(base), overrides))
+    run_dir = Path(run_dir)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the run's table would mix with ours
-        out_dir = start_run(cfg, out=str(run_dir))
+        fresh = not (run_dir / CONFIG).is_file()
+        if fresh:
+            out_dir = start_run(cfg, out=str(run_dir))
+        elif load_config(run_dir / CONFIG) != cfg:
+            raise RuntimeError(f"{run_dir} holds a run of another config; pick a new output folder")
+        else:
+            out_dir = run_dir if (run_dir / SUMMARY).is_file() else resume_run(run_dir)
 
     def lines(name: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in (out_dir / name).read_text().splitlines()]
 
+    summary = json.loads((out_dir / SUMMARY).read_text())
     return {
-        "summary": json.loads((out_dir / "summary.json").read_text()),
+        "summary": summary,
         "records": lines("metrics.jsonl"),
         "clients": lines("clients.jsonl"),
-        "wall_s": time.perf_counter() - t0,
+        # a run read back (or resumed) reports the run's own wall time
+        "wall_s": time.perf_counter() - t0 if fresh else summary["wall_s"],
     }
+
+
+def sweep_file(
+    folder: Path, name: str, base: Path, overrides: dict[str, Any], grid: dict, metric: str
+) -> Path:
+    """A `fedray tune` sweep over `grid` (one trial at a time on a small machine) that evaluates on
+    the validation split (`overrides` must hold data.validation_fraction) and maximises `metric`."""
+    sweep = {
+        "name": name,
+        "base": str(base),
+        "overrides": {
+            **overrides,
+            "eval.split": "validation",
+            "resources.num_workers": 1,
+            "resources.client_num_cpus": 0.5,
+        },  # fmt: skip
+        "space": grid,
+        "metric": metric,
+        "mode": "max",
+        "scheduler": {"name": "fifo"},
+        "trial": {"driver_cpus": 0.5, "workers": 1},
+        "wandb": {"mode": "disabled"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def tune(path: Path, out: Path) -> dict[str, Any]:
+    """Run one sweep into `out` (resumed, or read back, if `out` already holds it): the best
+    finished trial's parameters."""
+    from tuning.tune import SWEEP_FILE, resume_sweep, run_sweep
+
+    with contextlib.redirect_stdout(sys.stderr):
+        if not (out / "results.json").is_file():
+            if (out / SWEEP_FILE).is_file():
+                resume_sweep(str(out))
+            else:
+                run_sweep(str(path), out=str(out))
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    done = [r for r in rows if r["final"] is not None]
+    if not done:
+        raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
+    return max(done, key=lambda r: r["final"])["params"]
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """{"train.lr": 0.001} -> ["train.lr=0.001"] (None -> null)."""
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 class Poller:

@@ -1,10 +1,19 @@
 """The SFPrompt table: SFPrompt, its ablations, SplitFed and FedFT as real fedray runs, plus the
 bytes crossover between split traffic (grows with samples) and FedFT traffic (grows with the model).
 
-    Table (~40 min on 2 cores):    .venv/bin/python benchmarks/sfprompt_table.py
+    Table (~50 min on 2 cores):    .venv/bin/python benchmarks/sfprompt_table.py
+    Tuned, 3 seeds (~4 h):         .venv/bin/python benchmarks/sfprompt_table.py --only table --tune --seeds 3
     Crossover only (~5 min):       .venv/bin/python benchmarks/sfprompt_table.py --only crossover
     Machinery check (~2 min):      .venv/bin/python benchmarks/sfprompt_table.py --smoke
 Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
+         --resume benchmarks/out/sfprompt_table_runs/STAMP (continue a stopped run: finished runs and
+         sweeps are read back, an interrupted one resumes from its checkpoint)
+
+--tune: before the table, a `fedray tune` sweep per family of rows (seed 0, on a validation split of 10%
+of the training rows that no client trains on: data.validation_fraction, eval.split: validation) picks
+FedFT's and SplitFed's learning rates and SFPrompt's keep ratio x local-loss epochs (GRIDS) by final
+validation accuracy; every row then runs with its family's choice at seeds 1..N on the test split, the
+same rows held out. Without --tune the rows run at the base config's values, seeds 0..N-1.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, offline, run_experiment  # noqa: E402
+from harness import ROOT, as_overrides, mean_std, offline, run_experiment, sweep_file, tune  # noqa: E402
 
 offline()
 
@@ -34,6 +45,7 @@ TABLE_OVERRIDES = [
     "wandb.mode=disabled",
 ]
 # name -> overrides on the SFPrompt base config
+# (the first word of a row's name is its family: the GRIDS entry --tune chooses its values from)
 ROWS: dict[str, list[str]] = {
     "FedFT": ["algorithm=fedavg", "method.name=full", "train.lr=5e-5"],
     "SFPrompt": [],
@@ -51,6 +63,12 @@ ROWS: dict[str, list[str]] = {
         "train.lr=5e-5",
     ],
 }
+GRIDS: dict[str, dict[str, list[float]]] = {
+    "FedFT": {"train.lr": [2e-5, 5e-5, 1e-4]},
+    "SFPrompt": {"pruning.keep_ratio": [0.5, 0.75], "local_loss.epochs": [1, 2]},
+    "SplitFed": {"train.lr": [2e-5, 5e-5, 1e-4]},
+}
+VALIDATION = 0.1  # share of the training rows held out for --tune (and kept out of the table runs)
 SMOKE_OVERRIDES = [
     "model.name=tiny-bert-random",
     "model.max_length=64",
@@ -71,9 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 2 rounds")
+    p.add_argument("--tune", action="store_true", help="choose rates and knobs first (GRIDS)")
+    p.add_argument("--seeds", type=int, default=1, help="runs of each row (>= 1): mean +- std")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    return p.parse_args(argv)
+    p.add_argument("--resume", default=None, metavar="RUNS_DIR", help="continue a stopped run")
+    args = p.parse_args(argv)
+    unknown = [n for n in _names(args.rows) if n not in ROWS]
+    if unknown or args.seeds < 1 or args.rounds < 1:
+        p.error(f"--rows from {list(ROWS)} (unknown: {unknown}); --seeds, --rounds >= 1")
+    return args
+
+
+def _names(rows: str) -> list[str]:
+    return [n.strip() for n in rows.split(",") if n.strip()]
 
 
 def run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -81,33 +110,40 @@ def run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     return run_experiment(BASE_CONFIG, overrides, run_dir)
 
 
-def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    """What every table run (and every tuning trial) shares."""
     common = [*TABLE_OVERRIDES, f"federation.rounds={args.rounds}", f"eval.every={args.rounds}"]
     if args.smoke:
         common += SMOKE_OVERRIDES
-    common += args.set
+    if args.tune:  # the rows tuning reads are held out of every run, tuning or not
+        common.append(f"data.validation_fraction={VALIDATION}")
+    return common + args.set
+
+
+def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    common = common_overrides(args)
+    names = _names(args.rows)
+    tuned: dict[str, dict[str, Any]] = {}
+    if args.tune:
+        for fam in dict.fromkeys(n.split()[0] for n in names):
+            _progress(f"tuning {fam}: {GRIDS[fam]}")
+            sweeps = root / "sweeps"
+            tuned[fam] = tune(family_sweep(args, fam, common, sweeps), sweeps / fam)
+            _progress(f"tuned {fam}: {tuned[fam]}")
+    seeds = range(1, args.seeds + 1) if args.tune else range(args.seeds)
     rows = []
-    names = [n.strip() for n in args.rows.split(",") if n.strip()]
     for i, name in enumerate(names, 1):
         _progress(f"[{i}/{len(names)}] {name}")
+        params = row_params(name, tuned)
         try:
-            res = run([*common, *ROWS[name]], root / name.replace(" ", "_").replace("/", ""))
-            s = res["summary"]
-            rounds = max(s["rounds_completed"], 1)
-            per_client_round = [c["bytes_up"] + c["bytes_down"] for c in res["clients"]]
-            rows.append({
-                "name": name,
-                "accuracy": s["metrics"].get("accuracy"),
-                "macro_f1": s["metrics"].get("macro_f1"),
-                "client_flops_per_round": s["client_flops_per_round"],
-                "bytes_per_client_round": sum(per_client_round) / max(len(per_client_round), 1),
-                "bytes_per_round": s["comm_bytes_total"] / rounds,
-                "bytes_by_kind": s["comm_bytes_by_kind"],
-                "client_peak_memory_bytes": s["client_peak_memory_bytes"],
-                "trainable_params": s["trainable_params"],
-                "client_params": s["total_params"],
-                "wall_s": res["wall_s"],
-            })  # fmt: skip
+            runs = [
+                run(
+                    [*common, *ROWS[name], *as_overrides({**params, "seed": seed})],
+                    root / f"{name.replace(' ', '_').replace('/', '')}_s{seed}",
+                )
+                for seed in seeds
+            ]
+            rows.append({"name": name, "tuned": params, "seeds": list(seeds), **_row(runs)})
         except Exception as exc:  # a failed run is a row; the table goes on
             traceback.print_exc(file=sys.stderr)
             rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
@@ -121,6 +157,54 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
             r["bytes_pct_of_fedft"] = 100 * r["bytes_per_round"] / ref["bytes_per_round"]
             r["accuracy_gap_points"] = 100 * (ref["accuracy"] - r["accuracy"])
     return rows
+
+
+def row_params(name: str, tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The row's family's tuned values, less those of a phase the row switches off (no keep ratio
+    without pruning, no local-loss epochs without the local loss)."""
+    return {
+        k: v
+        for k, v in tuned.get(name.split()[0], {}).items()
+        if f"{k.split('.')[0]}.enabled=false" not in ROWS[name]
+    }
+
+
+def family_sweep(args: argparse.Namespace, fam: str, common: list[str], folder: Path) -> Path:
+    """The sweep file that tunes one family of rows on the validation split (one grid point per
+    key in --smoke)."""
+    fixed = {}
+    for item in [*common, *ROWS[fam]]:
+        key, _, value = item.partition("=")
+        fixed[key] = yaml.safe_load(value)
+    grid = {k: {"grid": v[:1] if args.smoke else v} for k, v in GRIDS[fam].items()}
+    return sweep_file(folder, fam, BASE_CONFIG, fixed, grid, "eval/accuracy")
+
+
+def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from a row's seeds: accuracy and macro-F1 (mean, std), cost (mean)."""
+    summaries = [r["summary"] for r in runs]
+    rounds = [max(s["rounds_completed"], 1) for s in summaries]
+    acc, acc_std = mean_std([s["metrics"]["accuracy"] for s in summaries])
+    f1, f1_std = mean_std([s["metrics"]["macro_f1"] for s in summaries])
+    per_client_round = [c["bytes_up"] + c["bytes_down"] for r in runs for c in r["clients"]]
+    s0 = summaries[0]
+    return {
+        "accuracy": acc,
+        "accuracy_std": acc_std,
+        "accuracy_by_seed": [s["metrics"]["accuracy"] for s in summaries],
+        "macro_f1": f1,
+        "macro_f1_std": f1_std,
+        "client_flops_per_round": mean_std([s["client_flops_per_round"] for s in summaries])[0],
+        "bytes_per_client_round": sum(per_client_round) / max(len(per_client_round), 1),
+        "bytes_per_round": mean_std(
+            [s["comm_bytes_total"] / n for s, n in zip(summaries, rounds, strict=True)]
+        )[0],
+        "bytes_by_kind": s0["comm_bytes_by_kind"],
+        "client_peak_memory_bytes": max(s["client_peak_memory_bytes"] for s in summaries),
+        "trainable_params": s0["trainable_params"],
+        "client_params": s0["total_params"],
+        "wall_s": sum(r["wall_s"] for r in runs),
+    }
 
 
 def crossover(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -198,19 +282,20 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
     lines = []
     if rows:
         lines += [
-            "| run | accuracy | macro-F1 | client GFLOPs/round | % of FedFT | MB/round | % of FedFT | "
-            "client peak MB | wall s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| run | tuned | accuracy | macro-F1 | client GFLOPs/round | % of FedFT | MB/round | "
+            "% of FedFT | client peak MB | seeds | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['name']} | failed: {r['error']} |||||||| ")
+                lines.append(f"| {r['name']} | failed: {r['error']} |||||||||| ")
                 continue
+            tuned = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in r["tuned"].items()) or "-"
             lines.append(
-                f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+                f"| {r['name']} | {tuned} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | "
                 f"{r['client_flops_per_round'] / 1e9:.3g} | {r.get('flops_pct_of_fedft', math.nan):.2g} | "
                 f"{r['bytes_per_round'] / 1e6:.1f} | {r.get('bytes_pct_of_fedft', math.nan):.1f} | "
-                f"{r['client_peak_memory_bytes'] / 2**20:.1f} | {r['wall_s']:.0f} |"
+                f"{r['client_peak_memory_bytes'] / 2**20:.1f} | {len(r['seeds'])} | {r['wall_s']:.0f} |"
             )
     if cross:
         lines += ["", "| model | hidden | FedFT MB/client/round | split KB/sample | tokens/sample | "
@@ -224,6 +309,13 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pm(row: dict[str, Any], key: str) -> str:
+    """0.8000, or 0.800 +- 0.012 over several seeds."""
+    if len(row["seeds"]) == 1:
+        return f"{row[key]:.4f}"
+    return f"{row[key]:.3f} +- {row[key + '_std']:.3f}"
+
+
 def _progress(msg: str) -> None:
     print(f"== {msg}", file=sys.stderr, flush=True)
 
@@ -234,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 2  # what SMOKE_OVERRIDES run
     stem = "sfprompt_table" + ("_smoke" if args.smoke else "")
     out = Path(args.out)
-    root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
+    root = (
+        Path(args.resume) if args.resume else out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
+    )
+    _progress(f"runs in {root} (continue a stopped table with --resume {root})")
     from actors.cluster import init_ray
 
     started = init_ray(None, args.num_cpus, False)
@@ -252,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     md += f"{args.rounds} rounds, {' '.join(TABLE_OVERRIDES + args.set)}\n"
     out.mkdir(parents=True, exist_ok=True)
     report = {"rows": rows, "crossover": cross, "rounds": args.rounds, "smoke": args.smoke,
+              "tune": args.tune, "grids": GRIDS if args.tune else None,
               "overrides": TABLE_OVERRIDES + args.set, "runs_root": str(root)}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(md)

@@ -3,7 +3,8 @@
     Full (hours on 2 cores):     .venv/bin/python benchmarks/strategies.py
     Machinery check (~5 min):    .venv/bin/python benchmarks/strategies.py --smoke
 Options: --alphas "[0.1, 1.0]" --strategies "[fedavg, fedadam]" --seeds 2 --rounds 8 --set key=value
-         --out benchmarks/out
+         --out benchmarks/out --resume benchmarks/out/strategies_STAMP (continue a stopped run with the
+         same options: finished sweeps and runs are read back, an interrupted one resumes)
 
 For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the client learning rate and the
 strategy's own rate (server_lr, or FedProx's mu) picks the setting with the best final macro-F1 on a validation
@@ -19,7 +20,6 @@ sweeps and runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, offline, run_experiment  # noqa: E402
+from harness import ROOT, as_overrides, mean_std, offline, run_experiment, sweep_file, tune  # noqa: E402
 
 offline()
 
@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 2 rounds, 1 seed")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run in DIR")
     args = p.parse_args(argv)
     args.alphas = [float(a) for a in yaml.safe_load(args.alphas)]
     args.strategies = yaml.safe_load(args.strategies) if args.strategies else list(STRATEGIES)
@@ -98,53 +99,19 @@ def space(strategy: str, smoke: bool = False) -> dict[str, dict[str, list[float]
     return grid
 
 
-def sweep_file(folder: Path, name: str, overrides: dict[str, Any], grid: dict) -> Path:
-    sweep = {
-        "name": name,
-        "base": str(BASE_CONFIG),
-        "overrides": {
-            **overrides,
-            "eval.split": "validation",
-            "resources.num_workers": 1,
-            "resources.client_num_cpus": 0.5,
-        },  # fmt: skip
-        "space": grid,
-        "metric": TUNE_METRIC,
-        "mode": "max",
-        "scheduler": {"name": "fifo"},
-        "trial": {"driver_cpus": 0.5, "workers": 1},
-        "wandb": {"mode": "disabled"},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
-
-
-def tune(path: Path, out: Path) -> dict[str, Any]:
-    """Run one sweep; the best trial's parameters."""
-    from tuning.tune import run_sweep
-
-    with contextlib.redirect_stdout(sys.stderr):
-        sweep_dir = run_sweep(str(path), out=str(out))
-    rows = json.loads((sweep_dir / "results.json").read_text())["rows"]
-    done = [r for r in rows if r["final"] is not None]
-    if not done:
-        raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
-    return max(done, key=lambda r: r["final"])["params"]
-
-
 def cell(args, alpha: float, strategy: str, out: Path) -> dict[str, Any]:
     name = f"{strategy}_a{alpha:g}"
     base = fixed(args, alpha, strategy)
     t0 = time.perf_counter()
+    grid = space(strategy, args.smoke)
     params = tune(
-        sweep_file(out / "sweeps", name, base, space(strategy, args.smoke)), out / "sweeps" / name
+        sweep_file(out / "sweeps", name, BASE_CONFIG, base, grid, TUNE_METRIC),
+        out / "sweeps" / name,
     )
     tune_s = time.perf_counter() - t0
     runs = []
     for seed in range(1, (1 if args.smoke else args.seeds) + 1):
-        overrides = [f"{k}={v}" for k, v in {**base, **params, "seed": seed}.items()]
+        overrides = as_overrides({**base, **params, "seed": seed})
         runs.append(run_experiment(BASE_CONFIG, overrides, out / "runs" / f"{name}_s{seed}"))
     return summarize(alpha, strategy, params, runs, tune_s)
 
@@ -160,14 +127,15 @@ def summarize(alpha: float, strategy: str, params: dict, runs: list[dict], tune_
         evals = [(r["round"], r["eval/accuracy"]) for r in evals]
         for rnd, acc in evals:
             per_round.setdefault(rnd, []).append(acc)
+    (acc, acc_std), (f1, f1_std) = mean_std(finals), mean_std(f1s)
     return {
         "alpha": alpha,
         "strategy": strategy,
         "tuned": params,
-        "accuracy_mean": statistics.fmean(finals),
-        "accuracy_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-        "macro_f1_mean": statistics.fmean(f1s),
-        "macro_f1_std": statistics.stdev(f1s) if len(f1s) > 1 else 0.0,
+        "accuracy_mean": acc,
+        "accuracy_std": acc_std,
+        "macro_f1_mean": f1,
+        "macro_f1_std": f1_std,
         "accuracy_by_round": {r: statistics.fmean(v) for r, v in sorted(per_round.items())},
         "mb_up_per_client_round": runs[0]["summary"]["bytes_up_per_client_round"] / 1e6,
         "seeds": len(runs),
@@ -193,7 +161,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out) / f"strategies_{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.resume or Path(args.out) / f"strategies_{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"== runs in {out} (continue a stopped run with --resume {out})", file=sys.stderr)
     rows, t0 = [], time.perf_counter()
     for alpha in args.alphas:
         for strategy in args.strategies:

@@ -25,7 +25,8 @@ def test_the_benchmark_covers_every_registered_strategy() -> None:
 def test_each_sweep_loads_and_every_grid_point_is_a_valid_run(strategy: str, tmp_path) -> None:
     args = bench.parse_args(["--alphas", "[0.1]"])
     grid = bench.space(strategy)
-    path = bench.sweep_file(tmp_path, strategy, bench.fixed(args, 0.1, strategy), grid)
+    fixed = bench.fixed(args, 0.1, strategy)
+    path = bench.sweep_file(tmp_path, strategy, bench.BASE_CONFIG, fixed, grid, bench.TUNE_METRIC)
     sweep, base = load_sweep(path)
     check_space(sweep, base)
     assert base.federation.strategy == strategy and base.data.partition.alpha == 0.1

@@ -1,0 +1,101 @@
+"""benchmarks/sfprompt_table.py's plan (tuning sweeps, tuned values per row, a row over seeds) and the
+harness's reuse of a run directory (read back, resumed, or refused)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import sfprompt_table as bench  # noqa: E402
+from harness import run_experiment  # noqa: E402
+
+from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
+from tests.conftest import tiny_overrides  # noqa: E402
+from tuning.sweep import check_space, load_sweep, trial_config  # noqa: E402
+
+
+def test_every_row_belongs_to_a_tuned_family() -> None:
+    assert {name.split()[0] for name in bench.ROWS} == set(bench.GRIDS)
+
+
+@pytest.mark.parametrize("fam", sorted(bench.GRIDS))
+def test_each_family_tunes_on_validation_and_every_grid_point_is_a_valid_run(fam, tmp_path) -> None:
+    args = bench.parse_args(["--tune"])
+    common = bench.common_overrides(args)
+    sweep, base = load_sweep(bench.family_sweep(args, fam, common, tmp_path))
+    check_space(sweep, base)
+    assert base.eval.split == "validation" and sweep.metric == "eval/accuracy"
+    assert base.data.validation_fraction == bench.VALIDATION
+    # the table's runs hold the same rows out and read the test split
+    table_run = validate_config(apply_overrides(read_yaml(bench.BASE_CONFIG), common))
+    assert table_run.data.validation_fraction == bench.VALIDATION
+    assert table_run.eval.split == "test"
+    for values in itertools.product(*bench.GRIDS[fam].values()):
+        point = dict(zip(bench.GRIDS[fam], values, strict=True))
+        cfg = trial_config(sweep, point)
+        for key, value in point.items():
+            section, field = key.split(".")
+            assert getattr(getattr(cfg, section), field) == value
+    if fam == "FedFT":
+        assert base.algorithm == "fedavg" and base.method.name == "full"
+
+
+def test_without_tune_no_rows_are_held_out() -> None:
+    common = bench.common_overrides(bench.parse_args([]))
+    assert not any(o.startswith("data.validation_fraction") for o in common)
+
+
+def test_a_row_takes_its_familys_values_less_the_phase_it_switches_off() -> None:
+    tuned = {"SFPrompt": {"pruning.keep_ratio": 0.75, "local_loss.epochs": 2},
+             "FedFT": {"train.lr": 1e-4}}  # fmt: skip
+    assert bench.row_params("SFPrompt", tuned) == tuned["SFPrompt"]
+    assert bench.row_params("SFPrompt w/o pruning", tuned) == {"local_loss.epochs": 2}
+    assert bench.row_params("SFPrompt w/o local loss", tuned) == {"pruning.keep_ratio": 0.75}
+    assert bench.row_params("SFPrompt zero-block cut", tuned) == tuned["SFPrompt"]
+    assert bench.row_params("FedFT", tuned) == {"train.lr": 1e-4}
+    assert bench.row_params("SplitFed", tuned) == {}  # not tuned: the config's values
+
+
+def test_a_row_is_its_seeds_mean_and_std() -> None:
+    def run(acc: float, f1: float, comm: int) -> dict:
+        summary = {"metrics": {"accuracy": acc, "macro_f1": f1}, "rounds_completed": 2,
+                   "client_flops_per_round": 10.0, "comm_bytes_total": comm,
+                   "comm_bytes_by_kind": {}, "client_peak_memory_bytes": comm // 10,
+                   "trainable_params": 1, "total_params": 2}  # fmt: skip
+        return {"summary": summary, "clients": [{"bytes_up": 3, "bytes_down": 1}], "wall_s": 5.0}
+
+    row = bench._row([run(0.7, 0.6, 400), run(0.9, 0.7, 600)])
+    assert row["accuracy"] == pytest.approx(0.8)
+    assert row["accuracy_std"] == pytest.approx(0.1414213562)  # sample std of 0.7 and 0.9
+    assert row["macro_f1"] == pytest.approx(0.65)
+    assert row["macro_f1_std"] == pytest.approx(0.0707106781)
+    assert row["bytes_per_round"] == pytest.approx(250)  # (400 / 2 + 600 / 2) / 2
+    assert row["bytes_per_client_round"] == 4 and row["client_peak_memory_bytes"] == 60
+    assert row["accuracy_by_seed"] == [0.7, 0.9] and row["wall_s"] == 10.0
+
+
+def test_a_run_directory_is_read_back_resumed_or_refused(ray_session, tmp_path) -> None:
+    base = ROOT / "configs" / "quickstart.yaml"
+    overrides = tiny_overrides(**{"federation.rounds": 2})
+    run_dir = tmp_path / "run"
+    first = run_experiment(base, overrides, run_dir)
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+
+    again = run_experiment(base, overrides, run_dir)  # finished: read back, not run again
+    assert again["summary"] == first["summary"] and again["records"] == first["records"]
+    assert again["wall_s"] == first["summary"]["wall_s"]
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+
+    (run_dir / "summary.json").unlink()  # stopped before its end: resumed from the checkpoint
+    resumed = run_experiment(base, overrides, run_dir)
+    assert resumed["summary"]["metrics"] == first["summary"]["metrics"]
+
+    with pytest.raises(RuntimeError, match="holds a run of another config"):
+        run_experiment(base, [*overrides, "seed=7"], run_dir)
+    assert (run_dir / "summary.json").is_file()
