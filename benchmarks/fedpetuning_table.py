@@ -1,14 +1,23 @@
-"""The FedPETuning table: every method x partition as a real fedray run on one shared local Ray."""
+"""The FedPETuning table: every method x partition as a real fedray run on one shared local Ray.
 
-# Full grid (~35 min on 2 cores):  .venv/bin/python benchmarks/fedpetuning_table.py
-# Machinery check (~2 min):        .venv/bin/python benchmarks/fedpetuning_table.py --smoke
-# Options: --methods full,lora --partitions dir1.0 --rounds 6 --lr adapter=5e-3 --set key=value
-#          --num-cpus 2 --out benchmarks/out
+    Full grid (~35 min on 2 cores):  .venv/bin/python benchmarks/fedpetuning_table.py
+    Tuned rates, 3 seeds (hours):    .venv/bin/python benchmarks/fedpetuning_table.py --tune --seeds 3
+    Machinery check (~2 min):        .venv/bin/python benchmarks/fedpetuning_table.py --smoke
+Options: --methods full,lora --partitions dir1.0 --rounds 6 --lr adapter=5e-3 --set key=value
+         --num-cpus 2 --out benchmarks/out --resume benchmarks/out/fedpetuning_table_runs/STAMP
+         (continue a stopped grid: finished runs and sweeps are read back, an interrupted run resumes)
+
+--tune: each federated cell first runs a `fedray tune` sweep (seed 0) over its method's rate x
+TUNE_FACTORS (around --lr, the table's rate or the method's default), evaluated on a validation split of
+10% of the training rows that no client trains on (data.validation_fraction, eval.split: validation);
+the best final validation accuracy wins, and the cell then runs at that rate with seeds 1..N on the test
+split, the same rows held out. The centralized baseline (a Ray Train job) keeps its rate. Without
+--tune every cell runs at its rate with seeds 0..N-1. --seeds N > 1 reports mean +- std.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import sys
@@ -17,8 +26,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, offline  # noqa: E402
+from harness import ROOT, mean_std, offline, run_config, sweep_file, tune  # noqa: E402
 
 offline()
 
@@ -42,6 +53,10 @@ CENTRAL_LABEL = "any (union)"
 # FedPETuning's range, stays at the majority class on this 40-step budget: measured, docs/results.md).
 # Every other method uses its default.
 TABLE_LRS = {"lora": 2e-3, "full": 5e-5, "prefix": 1e-2}
+TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: the rates tried, as multiples of the cell's rate
+VALIDATION = (
+    0.1  # --tune: share of the training rows held out for tuning (and from the table's runs)
+)
 # The issue's target: LoRA and adapter within 3 accuracy points of full FT at alpha=1.
 TARGET_PARTITION, TARGET_METHODS, TARGET_POINTS = "dir1.0", ("lora", "adapter"), 3.0
 SMOKE_OVERRIDES = [
@@ -84,7 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny-bert-random, 200 reviews, 2 rounds of 2 steps: checks the machinery",
     )
+    p.add_argument("--tune", action="store_true", help="tune each cell's rate first (see above)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per cell (>= 1): mean +- std")
+    p.add_argument("--resume", default=None, metavar="RUNS_DIR", help="continue a stopped grid")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit("error: --seeds: must be >= 1")
     args.methods = _choices(args.methods, METHODS, "--methods")
     args.partitions = _choices(args.partitions, tuple(PARTITIONS), "--partitions")
     args.lr = _parse_lrs(args.lr)
@@ -148,29 +168,50 @@ def cell_raw(base: dict[str, Any], method: str, partition: str, lr: float) -> di
 
 
 def run_cell(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One real fedray run in-process; its summary.json plus the outer wall time."""
-    from actors.launch import start_run
-
-    cfg = validate_config(raw)
-    t0 = time.perf_counter()
-    # Keep stdout for the final table: the runner's per-run table goes to stderr with its progress.
-    with contextlib.redirect_stdout(sys.stderr):
-        out_dir = start_run(cfg, out=str(run_dir))
-    wall = time.perf_counter() - t0
-    summary = json.loads((out_dir / "summary.json").read_text())
-    return {"summary": summary, "wall_s": wall, "run_dir": str(out_dir)}
+    """One real fedray run in-process (read back or resumed if `run_dir` already holds it)."""
+    return run_config(validate_config(raw), run_dir)
 
 
-def row_of(method: str, partition: str, lr: float, res: dict[str, Any]) -> dict[str, Any]:
-    s = res["summary"]
+def cell_sweep(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> Path:
+    """The sweep that tunes a cell's rate: lr x TUNE_FACTORS (lr alone in --smoke), seed 0, scored
+    by final accuracy on the validation split (`raw` holds data.validation_fraction)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / f"{raw['name']}.base.yaml"
+    base.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rates = [lr] if smoke else [float(f"{lr * f:.3g}") for f in TUNE_FACTORS]
+    grid = {"method.lr": {"grid": rates}}
+    return sweep_file(folder, raw["name"], base, {"seed": 0}, grid, "eval/accuracy")
+
+
+def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> float:
+    """The cell's best rate (the sweep is read back or resumed if `folder` already holds it)."""
+    return tune(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])["method.lr"]
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The table's seeds: 1..N after tuning (seed 0 tuned), else 0..N-1."""
+    return list(range(1, args.seeds + 1) if args.tune else range(args.seeds))
+
+
+def row_of(method: str, partition: str, lr: float, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from a cell's seeds: accuracy and macro-F1 mean and std, the rest from the
+    first seed (the same for every seed but the wall time)."""
+    s = runs[0]["summary"]
     best = s["best"].get("accuracy", {})
     central = method == "centralized"  # nothing crosses a client boundary
+    accs = [r["summary"]["metrics"].get("accuracy") for r in runs]
+    acc, acc_std = mean_std(accs)
+    f1, f1_std = mean_std([r["summary"]["metrics"].get("macro_f1") for r in runs])
     return {
         "method": method,
         "partition": partition,
         "lr": lr,
-        "accuracy": s["metrics"].get("accuracy"),
-        "macro_f1": s["metrics"].get("macro_f1"),
+        "seeds": len(runs),
+        "accuracy": acc,
+        "accuracy_std": acc_std,
+        "accuracy_by_seed": accs,
+        "macro_f1": f1,
+        "macro_f1_std": f1_std,
         "best_accuracy": best.get("value"),
         "best_round": best.get("round"),
         "rounds": s["rounds_completed"],
@@ -179,9 +220,9 @@ def row_of(method: str, partition: str, lr: float, res: dict[str, Any]) -> dict[
         "mb_up_per_client_round": None if central else s["bytes_up_per_client_round"] / 1e6,
         "client_gflops_per_round": None if central else s["client_flops_per_round"] / 1e9,
         "comm_bytes_total": s["comm_bytes_total"],
-        "wall_s": res["wall_s"],
-        "run_wall_s": s["wall_s"],
-        "run_dir": res["run_dir"],
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "run_wall_s": sum(r["summary"]["wall_s"] for r in runs),
+        "run_dir": [r["run_dir"] for r in runs],
         "error": None,
     }
 
@@ -233,6 +274,13 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _pm(row: dict[str, Any], key: str) -> str:
+    """0.8000, or 0.800 +- 0.012 over several seeds."""
+    if row[key] is None or row["seeds"] == 1:
+        return _fmt(row[key], ".4f")
+    return f"{row[key]:.3f} +- {row[key + '_std']:.3f}"
+
+
 def markdown(rows: list[dict[str, Any]], target_line: str) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for r in rows:
@@ -240,10 +288,11 @@ def markdown(rows: list[dict[str, Any]], target_line: str) -> str:
         if r["error"]:
             cells = head + [f"FAILED: {r['error']}"] + ["-"] * 6 + [_fmt(r["wall_s"], ".0f")]
         else:
-            best = f"{r['best_accuracy']:.4f} ({r['best_round']})" if r["best_accuracy"] else "-"
+            one = r["seeds"] == 1 and r["best_accuracy"]  # (several seeds: see their finals)
+            best = f"{r['best_accuracy']:.4f} ({r['best_round']})" if one else "-"
             cells = head + [
-                _fmt(r["accuracy"], ".4f"),
-                _fmt(r["macro_f1"], ".4f"),
+                _pm(r, "accuracy"),
+                _pm(r, "macro_f1"),
                 best,
                 f"{r['trainable_params']:,}",
                 _fmt(r["mb_up_per_client_round"], ".4f"),
@@ -265,7 +314,14 @@ def run_grid(args: argparse.Namespace, base: dict[str, Any], runs_root: Path) ->
         t0 = time.perf_counter()
         try:
             raw = cell_raw(base, method, partition, lr)
-            row = row_of(method, partition, lr, run_cell(raw, runs_root / raw["name"]))
+            if args.tune:
+                raw.setdefault("data", {})["validation_fraction"] = VALIDATION
+                if method != "centralized":
+                    lr = raw["method"]["lr"] = tune_cell(raw, lr, runs_root / "sweeps", args.smoke)
+                    _progress(f"[{i}/{len(cells)}] tuned lr {lr:g}")
+            runs = [run_cell({**raw, "seed": seed}, runs_root / f"{raw['name']}_s{seed}")
+                    for seed in seeds_of(args)]  # fmt: skip
+            row = row_of(method, partition, lr, runs)
         except Exception as exc:  # a failed run is a table row; the grid goes on
             traceback.print_exc(file=sys.stderr)
             row = {"method": method, "partition": partition, "lr": lr,
@@ -299,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     base, overrides = base_config(args)
     out = Path(args.out)
     stem = "fedpetuning_table" + ("_smoke" if args.smoke else "")
-    runs_root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
+    runs_root = (
+        Path(args.resume) if args.resume else out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
+    )
+    _progress(f"runs in {runs_root} (continue a stopped grid with --resume {runs_root})")
     from actors.cluster import init_ray
 
     t0 = time.perf_counter()
@@ -316,10 +375,19 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows, target["line"])
     if args.smoke:
         md += "\nsmoke run (tiny random BERT): checks the grid machinery; its accuracies mean nothing\n"
-    md += f"\ngrid wall time: {total:.0f} s ({len(rows)} runs); config {args.config}"
+    seeds = seeds_of(args)
+    if args.tune:
+        factors = ", ".join(f"{f:.3g}" for f in TUNE_FACTORS)
+        md += (
+            f"\nrates tuned per cell on a {VALIDATION:.0%} validation split (seed 0): x {factors}\n"
+        )
+    md += (
+        f"\nseeds {seeds}; grid wall time: {total:.0f} s ({len(rows)} cells); config {args.config}"
+    )
     md += f" with {' '.join(overrides) or 'no overrides'}\n{version_line()}\n"
     out.mkdir(parents=True, exist_ok=True)
     report = {"config": str(args.config), "overrides": overrides, "smoke": args.smoke,
+              "tune": args.tune, "seeds": seeds_of(args),
               "rows": rows, "target": target, "total_wall_s": total, "runs_root": str(runs_root), "versions": stack_versions()}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(md)

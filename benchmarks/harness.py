@@ -33,16 +33,23 @@ def offline() -> None:
 
 
 def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """One real fedray run in-process (on the local Ray): summary, records, client rows, wall time.
+    """One real fedray run of `base` with `overrides`: see run_config."""
+    from engine.config import apply_overrides, read_yaml, validate_config
+
+    return run_config(validate_config(apply_overrides(read_yaml(base), overrides)), run_dir)
+
+
+def run_config(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """One real fedray run in-process (on the local Ray): summary, records, client rows, wall time,
+    run directory.
 
     A `run_dir` that already holds this run is read back when finished and resumed from its last
     checkpoint when not, so a long benchmark started again with the same output folder picks up
     where it stopped; one that holds another config is an error (nothing is overwritten)."""
     from actors.launch import resume_run, start_run
-    from engine.config import apply_overrides, load_config, read_yaml, validate_config
+    from engine.config import load_config
     from engine.rundir import CONFIG, SUMMARY
 
-    cfg = validate_config(apply_overrides(read_yaml(base), overrides))
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the run's table would mix with ours
@@ -54,8 +61,9 @@ def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str,
         else:
             out_dir = run_dir if (run_dir / SUMMARY).is_file() else resume_run(run_dir)
 
-    def lines(name: str) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in (out_dir / name).read_text().splitlines()]
+    def lines(name: str) -> list[dict[str, Any]]:  # (a centralized run has no client rows)
+        path = out_dir / name
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
     summary = json.loads((out_dir / SUMMARY).read_text())
     return {
@@ -64,6 +72,7 @@ def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str,
         "clients": lines("clients.jsonl"),
         # a run read back (or resumed) reports the run's own wall time
         "wall_s": time.perf_counter() - t0 if fresh else summary["wall_s"],
+        "run_dir": str(out_dir),
     }
 
 

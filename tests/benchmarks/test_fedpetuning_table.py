@@ -1,0 +1,56 @@
+"""benchmarks/fedpetuning_table.py's tuned plan (a cell's rate sweep on the validation split, the
+seeds) and a cell's row over seeds (no run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fedpetuning_table as bench  # noqa: E402
+
+from engine.config import read_yaml  # noqa: E402
+from tuning.sweep import check_space, load_sweep, trial_config  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prefix", "ia3"])
+def test_a_cells_sweep_tries_its_rate_times_the_factors_on_the_validation_split(
+    method, tmp_path
+) -> None:
+    raw = bench.cell_raw(read_yaml(bench.BASE_CONFIG), method, "dir1.0", 2e-3)
+    raw["data"]["validation_fraction"] = bench.VALIDATION
+    sweep, base = load_sweep(bench.cell_sweep(raw, 2e-3, tmp_path, smoke=False))
+    check_space(sweep, base)
+    assert sweep.space["method.lr"]["grid"] == [pytest.approx(2e-3 / 3, rel=1e-3), 2e-3, 6e-3]
+    assert base.eval.split == "validation" and base.data.validation_fraction == bench.VALIDATION
+    assert sweep.metric == "eval/accuracy" and base.seed == 0
+    assert base.method.name == method and base.data.partition.alpha == 1.0
+    assert trial_config(sweep, {"method.lr": 6e-3}).method.lr == 6e-3  # the key the method reads
+
+
+def test_tuned_tables_never_run_the_tuning_seed() -> None:
+    assert bench.seeds_of(bench.parse_args(["--tune", "--seeds", "3"])) == [1, 2, 3]
+    assert bench.seeds_of(bench.parse_args(["--seeds", "2"])) == [0, 1]
+    assert bench.seeds_of(bench.parse_args([])) == [0]
+    with pytest.raises(SystemExit, match="--seeds"):
+        bench.parse_args(["--seeds", "0"])
+
+
+def test_a_cells_row_is_its_seeds_mean_and_std() -> None:
+    def run(acc: float, f1: float) -> dict:
+        summary = {"metrics": {"accuracy": acc, "macro_f1": f1}, "best": {}, "rounds_completed": 8,
+                   "trainable_params": 3, "total_params": 9, "bytes_up_per_client_round": 2e6,
+                   "client_flops_per_round": 4e9, "comm_bytes_total": 10, "wall_s": 7.0}  # fmt: skip
+        return {"summary": summary, "wall_s": 8.0, "run_dir": f"run{acc}"}
+
+    row = bench.row_of("lora", "iid", 2e-3, [run(0.7, 0.6), run(0.9, 0.7), run(0.8, 0.8)])
+    assert row["accuracy"] == pytest.approx(0.8) and row["accuracy_std"] == pytest.approx(0.1)
+    assert row["macro_f1"] == pytest.approx(0.7) and row["macro_f1_std"] == pytest.approx(0.1)
+    assert row["seeds"] == 3 and row["accuracy_by_seed"] == [0.7, 0.9, 0.8]
+    assert row["mb_up_per_client_round"] == 2.0 and row["client_gflops_per_round"] == 4.0
+    assert row["wall_s"] == 24.0 and row["run_wall_s"] == 21.0
+    assert "0.800 +- 0.100" in bench.markdown([{**row, "reduction_vs_full": None}], "")
