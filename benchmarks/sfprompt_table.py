@@ -79,7 +79,10 @@ SMOKE_OVERRIDES = [
     "federation.rounds=2",
     "eval.every=2",
 ]
-TARGET_FLOPS_PCT, TARGET_POINTS = 1.0, 3.0  # client FLOPs <= 1% of FedFT; accuracy within 3 points
+# The crossover runs the base config's cut, except where a model is too shallow for it.
+CROSSOVER_CUTS = {"tiny-bert-random": ["split.head_layers=0", "split.tail_layers=1"]}  # 2 blocks
+# The full method (pruning + local loss) within 3 accuracy points of FedFT at <= 60% of its bytes.
+TARGET_ROW, TARGET_POINTS, TARGET_BYTES_PCT = "SFPrompt", 3.0, 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,6 +225,7 @@ def crossover(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     for model in models:
         common = [
             f"model.name={model}",
+            *CROSSOVER_CUTS.get(model, []),
             "federation.num_clients=4",
             "federation.clients_per_round=1",
             "federation.rounds=1",
@@ -309,6 +313,20 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def target_line(rows: list[dict[str, Any]]) -> str:
+    """PASS / FAIL / N/A for the full method against FedFT (accuracy gap and bytes share)."""
+    head = (f"target: {TARGET_ROW} within {TARGET_POINTS:g} points of FedFT at <= "
+            f"{TARGET_BYTES_PCT:g}% of its bytes ->")  # fmt: skip
+    row = next((r for r in rows if r["name"] == TARGET_ROW and "accuracy_gap_points" in r), None)
+    if row is None:
+        return f"{head} N/A (no {TARGET_ROW} and FedFT results)"
+    gap, share = row["accuracy_gap_points"], row["bytes_pct_of_fedft"]
+    ok = gap <= TARGET_POINTS and share <= TARGET_BYTES_PCT
+    acc = row["accuracy"]
+    return (f"{head} {'PASS' if ok else 'FAIL'}: {acc:.3f} vs FedFT's {acc + gap / 100:.3f} "
+            f"({-gap:+.1f} points), {share:.1f}% of its bytes")  # fmt: skip
+
+
 def _pm(row: dict[str, Any], key: str) -> str:
     """0.8000, or 0.800 +- 0.012 over several seeds."""
     if len(row["seeds"]) == 1:
@@ -343,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
     md = markdown(rows, cross)
+    if rows:
+        md += "\n" + target_line(rows) + "\n"
     md += f"\ntotal wall time {time.perf_counter() - t0:.0f} s; base {BASE_CONFIG.name}, "
     md += f"{args.rounds} rounds, {' '.join(TABLE_OVERRIDES + args.set)}\n"
     out.mkdir(parents=True, exist_ok=True)

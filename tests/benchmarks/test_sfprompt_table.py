@@ -99,3 +99,15 @@ def test_a_run_directory_is_read_back_resumed_or_refused(ray_session, tmp_path) 
     with pytest.raises(RuntimeError, match="holds a run of another config"):
         run_experiment(base, [*overrides, "seed=7"], run_dir)
     assert (run_dir / "summary.json").is_file()
+
+
+def test_the_target_needs_both_the_gap_and_the_bytes() -> None:
+    def line(gap: float, share: float) -> str:
+        row = {"name": "SFPrompt", "accuracy": 0.78, "accuracy_gap_points": gap,
+               "bytes_pct_of_fedft": share}  # fmt: skip
+        return bench.target_line([row])
+
+    assert "PASS: 0.780 vs FedFT's 0.800 (-2.0 points), 40.0% of its bytes" in line(2.0, 40.0)
+    assert "FAIL" in line(3.5, 40.0) and "FAIL" in line(1.0, 61.0)
+    assert "PASS" in line(-1.0, 60.0)  # above FedFT, at the bytes bound
+    assert "N/A" in bench.target_line([{"name": "FedFT", "accuracy": 0.8}])
