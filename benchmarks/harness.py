@@ -104,10 +104,13 @@ def sweep_file(
 
 
 def tune(path: Path, out: Path) -> dict[str, Any]:
-    """Run one sweep into `out` (resumed, or read back, if `out` already holds it): the best
-    finished trial's parameters."""
+    """Run one sweep into `out` (resumed, or read back, if `out` already holds it; refused if it
+    holds another sweep): the best finished trial's parameters."""
+    from tuning.sweep import load_sweep
     from tuning.tune import SWEEP_FILE, resume_sweep, run_sweep
 
+    if (out / SWEEP_FILE).is_file() and load_sweep(out / SWEEP_FILE) != load_sweep(path):
+        raise RuntimeError(f"{out} holds another sweep than {path}; pick a new output folder")
     with contextlib.redirect_stdout(sys.stderr):
         if not (out / "results.json").is_file():
             if (out / SWEEP_FILE).is_file():

@@ -1,5 +1,5 @@
-"""benchmarks/sfprompt_table.py's plan (tuning sweeps, tuned values per row, a row over seeds) and the
-harness's reuse of a run directory (read back, resumed, or refused)."""
+"""benchmarks/sfprompt_table.py's plan: tuning sweeps, tuned values per row, a row over seeds, the
+target line (no run)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sfprompt_table as bench  # noqa: E402
-from harness import run_experiment  # noqa: E402
 
 from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
-from tests.conftest import tiny_overrides  # noqa: E402
 from tuning.sweep import check_space, load_sweep, trial_config  # noqa: E402
 
 
@@ -78,27 +76,6 @@ def test_a_row_is_its_seeds_mean_and_std() -> None:
     assert row["bytes_per_round"] == pytest.approx(250)  # (400 / 2 + 600 / 2) / 2
     assert row["bytes_per_client_round"] == 4 and row["client_peak_memory_bytes"] == 60
     assert row["accuracy_by_seed"] == [0.7, 0.9] and row["wall_s"] == 10.0
-
-
-def test_a_run_directory_is_read_back_resumed_or_refused(ray_session, tmp_path) -> None:
-    base = ROOT / "configs" / "quickstart.yaml"
-    overrides = tiny_overrides(**{"federation.rounds": 2})
-    run_dir = tmp_path / "run"
-    first = run_experiment(base, overrides, run_dir)
-    metrics = (run_dir / "metrics.jsonl").read_bytes()
-
-    again = run_experiment(base, overrides, run_dir)  # finished: read back, not run again
-    assert again["summary"] == first["summary"] and again["records"] == first["records"]
-    assert again["wall_s"] == first["summary"]["wall_s"]
-    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
-
-    (run_dir / "summary.json").unlink()  # stopped before its end: resumed from the checkpoint
-    resumed = run_experiment(base, overrides, run_dir)
-    assert resumed["summary"]["metrics"] == first["summary"]["metrics"]
-
-    with pytest.raises(RuntimeError, match="holds a run of another config"):
-        run_experiment(base, [*overrides, "seed=7"], run_dir)
-    assert (run_dir / "summary.json").is_file()
 
 
 def test_the_target_needs_both_the_gap_and_the_bytes() -> None:
