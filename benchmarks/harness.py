@@ -103,9 +103,13 @@ def sweep_file(
     return path
 
 
-def tune(path: Path, out: Path) -> dict[str, Any]:
+def tune(path: Path, out: Path, window: int = 1) -> dict[str, Any]:
     """Run one sweep into `out` (resumed, or read back, if `out` already holds it; refused if it
-    holds another sweep): the best finished trial's parameters."""
+    holds another sweep): the parameters of the finished trial whose last `window` evaluations of
+    the sweep's metric have the best mean (1: the final one, as `fedray tune` ranks; a tie: the
+    first trial). A wider window ranks trials whose final evaluations tie, as every trial's does
+    when all end on the majority class under label skew."""
+    from engine.rundir import read_metrics
     from tuning.sweep import load_sweep
     from tuning.tune import SWEEP_FILE, resume_sweep, run_sweep
 
@@ -117,11 +121,18 @@ def tune(path: Path, out: Path) -> dict[str, Any]:
                 resume_sweep(str(out))
             else:
                 run_sweep(str(path), out=str(out))
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    done = [r for r in rows if r["final"] is not None]
+    results = json.loads((out / "results.json").read_text())
+    done = [r for r in results["rows"] if r["final"] is not None]
     if not done:
+        rows = results["rows"]
         raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
-    return max(done, key=lambda r: r["final"])["params"]
+    metric, sign = results["sweep"]["metric"], 1 if results["sweep"]["mode"] == "max" else -1
+
+    def score(row: dict[str, Any]) -> float:
+        values = [r[metric] for r in read_metrics(Path(row["run_dir"])) if metric in r]
+        return sign * statistics.fmean(values[-window:])
+
+    return max(done, key=score)["params"]
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:

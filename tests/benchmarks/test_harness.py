@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -56,3 +57,31 @@ def test_a_sweep_folder_is_read_back_or_refused(ray_session, tmp_path) -> None:
                        {"train.lr": {"grid": [2e-3]}}, "eval/accuracy")  # fmt: skip
     with pytest.raises(RuntimeError, match="holds another sweep"):
         tune(other, out)
+
+
+def test_a_wider_window_ranks_trials_whose_final_evaluations_tie(tmp_path) -> None:
+    curves = {
+        "a": [0.40, 0.41, 0.41, 0.40],
+        "b": [0.40, 0.40, 0.66, 0.40],
+        "c": [0.50, 0.70, 0.39, 0.40],
+    }
+    rows = []
+    for name, values in curves.items():
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"round": 2 * (i + 1), "eval/macro_f1": v} for i, v in enumerate(values)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        rows.append({"params": {"train.lr": name}, "final": values[-1], "run_dir": str(run)})
+    rows.append({"params": {"train.lr": "failed"}, "final": None, "run_dir": None})
+    out = tmp_path / "sweep"
+    out.mkdir()
+    sweep = {"metric": "eval/macro_f1", "mode": "max"}
+    (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": rows}))
+
+    assert tune(tmp_path / "s.yaml", out) == {"train.lr": "a"}  # final: a three-way tie, first kept
+    assert tune(tmp_path / "s.yaml", out, window=2) == {"train.lr": "b"}  # (0.66 + 0.40) / 2
+    assert tune(tmp_path / "s.yaml", out, window=4) == {"train.lr": "c"}  # 0.4975 over all four
+    assert tune(tmp_path / "s.yaml", out, window=99) == {"train.lr": "c"}  # all there is
+    sweep["mode"] = "min"
+    (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": rows}))
+    assert tune(tmp_path / "s.yaml", out, window=2) == {"train.lr": "c"}  # 0.395
