@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, mean_std, offline, run_config, sweep_file, tune  # noqa: E402
+from harness import ROOT, mean_std, offline, run_config, sweep_file, table_seeds, tune  # noqa: E402
 
 offline()
 
@@ -189,8 +189,7 @@ def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> floa
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
-    """The table's seeds: 1..N after tuning (seed 0 tuned), else 0..N-1."""
-    return list(range(1, args.seeds + 1) if args.tune else range(args.seeds))
+    return table_seeds(args.seeds, args.tune)
 
 
 def row_of(method: str, partition: str, lr: float, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -135,6 +135,12 @@ def tune(path: Path, out: Path, window: int = 1) -> dict[str, Any]:
     return max(done, key=score)["params"]
 
 
+def table_seeds(n: int, tuned: bool) -> list[int]:
+    """A results table's seeds: 1..n when seed 0 tuned its settings (never scored on the seed that
+    chose them), else 0..n-1."""
+    return list(range(1, n + 1) if tuned else range(n))
+
+
 def as_overrides(values: dict[str, Any]) -> list[str]:
     """{"train.lr": 0.001} -> ["train.lr=0.001"] (None -> null)."""
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]

@@ -30,7 +30,16 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, as_overrides, mean_std, offline, run_experiment, sweep_file, tune  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    as_overrides,
+    mean_std,
+    offline,
+    run_experiment,
+    sweep_file,
+    table_seeds,
+    tune,
+)
 
 offline()
 
@@ -133,7 +142,7 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
             sweeps = root / "sweeps"
             tuned[fam] = tune(family_sweep(args, fam, common, sweeps), sweeps / fam)
             _progress(f"tuned {fam}: {tuned[fam]}")
-    seeds = range(1, args.seeds + 1) if args.tune else range(args.seeds)
+    seeds = table_seeds(args.seeds, args.tune)
     rows = []
     for i, name in enumerate(names, 1):
         _progress(f"[{i}/{len(names)}] {name}")
@@ -146,7 +155,7 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
                 )
                 for seed in seeds
             ]
-            rows.append({"name": name, "tuned": params, "seeds": list(seeds), **_row(runs)})
+            rows.append({"name": name, "tuned": params, "seeds": seeds, **_row(runs)})
         except Exception as exc:  # a failed run is a row; the table goes on
             traceback.print_exc(file=sys.stderr)
             rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
