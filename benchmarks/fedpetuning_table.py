@@ -11,7 +11,7 @@ Options: --methods full,lora --partitions dir1.0 --rounds 6 --lr adapter=5e-3 --
 TUNE_FACTORS (around --lr, the table's rate or the method's default), evaluated on a validation split of
 10% of the training rows that no client trains on (data.validation_fraction, eval.split: validation);
 the best final validation accuracy wins, and the cell then runs at that rate with seeds 1..N on the test
-split, the same rows held out. The centralized baseline (a Ray Train job) keeps its rate. Without
+split, the same share held out (drawn by each run's seed). The centralized baseline (a Ray Train job) keeps its rate. Without
 --tune every cell runs at its rate with seeds 0..N-1. --seeds N > 1 reports mean +- std.
 """
 

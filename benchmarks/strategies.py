@@ -10,7 +10,7 @@ For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the c
 strategy's own rate (server_lr, or FedProx's mu) picks the setting whose last two evaluations (rounds 6 and 8)
 have the best mean macro-F1 on a validation split (10% of the training rows, held out from every client:
 data.validation_fraction, eval.split: validation); that setting is then run again with seeds 1..N (never the
-tuning seed) on the test split, the same rows held out. The test split is never read while tuning. Macro-F1, not
+tuning seed) on the test split, the same share held out (drawn by each seed). The test split is never read while tuning. Macro-F1, not
 accuracy, and two evaluations, not the final one: under label skew most settings end on the majority class, where
 every one ties on the final accuracy and macro-F1 alike (and the first grid value would win), while a model that
 separated the classes at round 6 still scores above one that never did. Prints a table (final test accuracy and
