@@ -11,8 +11,9 @@ Options: --methods full,lora --partitions dir1.0 --rounds 6 --lr adapter=5e-3 --
 TUNE_FACTORS (around --lr, the table's rate or the method's default), evaluated on a validation split of
 10% of the training rows that no client trains on (data.validation_fraction, eval.split: validation);
 the best final validation accuracy wins, and the cell then runs at that rate with seeds 1..N on the test
-split, the same share held out (drawn by each run's seed). The centralized baseline (a Ray Train job) keeps its rate. Without
---tune every cell runs at its rate with seeds 0..N-1. --seeds N > 1 reports mean +- std.
+split, the same share held out (drawn by each run's seed). The centralized baseline (a Ray Train job)
+keeps its rate. Without --tune every cell runs at its rate with seeds 0..N-1. --seeds N > 1 reports
+mean +- std.
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, mean_std, offline, run_config, sweep_file, table_seeds, tune  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    VALIDATION,
+    mean_std,
+    offline,
+    pm,
+    run_config,
+    sweep_file,
+    table_seeds,
+    tune,
+)
 
 offline()
 
@@ -54,9 +65,6 @@ CENTRAL_LABEL = "any (union)"
 # Every other method uses its default.
 TABLE_LRS = {"lora": 2e-3, "full": 5e-5, "prefix": 1e-2}
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: the rates tried, as multiples of the cell's rate
-VALIDATION = (
-    0.1  # --tune: share of the training rows held out for tuning (and from the table's runs)
-)
 # The issue's target: LoRA and adapter within 3 accuracy points of full FT at alpha=1.
 TARGET_PARTITION, TARGET_METHODS, TARGET_POINTS = "dir1.0", ("lora", "adapter"), 3.0
 SMOKE_OVERRIDES = [
@@ -274,10 +282,9 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
-    """0.8000, or 0.800 +- 0.012 over several seeds."""
-    if row[key] is None or row["seeds"] == 1:
-        return _fmt(row[key], ".4f")
-    return f"{row[key]:.3f} +- {row[key + '_std']:.3f}"
+    return (
+        _fmt(row[key], ".4f") if row[key] is None else pm(row[key], row[key + "_std"], row["seeds"])
+    )
 
 
 def markdown(rows: list[dict[str, Any]], target_line: str) -> str:
@@ -386,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     md += f" with {' '.join(overrides) or 'no overrides'}\n{version_line()}\n"
     out.mkdir(parents=True, exist_ok=True)
     report = {"config": str(args.config), "overrides": overrides, "smoke": args.smoke,
-              "tune": args.tune, "seeds": seeds_of(args),
+              "tune": args.tune, "seeds": seeds,
               "rows": rows, "target": target, "total_wall_s": total, "runs_root": str(runs_root), "versions": stack_versions()}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(md)

@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Share of the training rows a tuned benchmark holds out as its validation split (data.validation_fraction):
+# its sweeps score on them, and its table runs hold the same share out (drawn by each run's seed).
+VALIDATION = 0.1
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "WANDB_MODE": "disabled",
@@ -149,6 +152,11 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def pm(mean: float, std: float, n: int) -> str:
+    """A table cell: 0.8000 for one seed, 0.800 +- 0.012 over several."""
+    return f"{mean:.4f}" if n == 1 else f"{mean:.3f} +- {std:.3f}"
 
 
 class Poller:

@@ -32,9 +32,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     ROOT,
+    VALIDATION,
     as_overrides,
     mean_std,
     offline,
+    pm,
     run_experiment,
     sweep_file,
     table_seeds,
@@ -77,7 +79,6 @@ GRIDS: dict[str, dict[str, list[float]]] = {
     "SFPrompt": {"pruning.keep_ratio": [0.5, 0.75], "local_loss.epochs": [1, 2]},
     "SplitFed": {"train.lr": [2e-5, 5e-5, 1e-4]},
 }
-VALIDATION = 0.1  # share of the training rows held out for --tune (and kept out of the table runs)
 SMOKE_OVERRIDES = [
     "model.name=tiny-bert-random",
     "model.max_length=64",
@@ -337,10 +338,7 @@ def target_line(rows: list[dict[str, Any]]) -> str:
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
-    """0.8000, or 0.800 +- 0.012 over several seeds."""
-    if len(row["seeds"]) == 1:
-        return f"{row[key]:.4f}"
-    return f"{row[key]:.3f} +- {row[key + '_std']:.3f}"
+    return pm(row[key], row[key + "_std"], len(row["seeds"]))
 
 
 def _progress(msg: str) -> None:

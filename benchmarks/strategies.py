@@ -10,10 +10,10 @@ For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the c
 strategy's own rate (server_lr, or FedProx's mu) picks the setting whose last two evaluations (rounds 6 and 8)
 have the best mean macro-F1 on a validation split (10% of the training rows, held out from every client:
 data.validation_fraction, eval.split: validation); that setting is then run again with seeds 1..N (never the
-tuning seed) on the test split, the same share held out (drawn by each seed). The test split is never read while tuning. Macro-F1, not
-accuracy, and two evaluations, not the final one: under label skew most settings end on the majority class, where
-every one ties on the final accuracy and macro-F1 alike (and the first grid value would win), while a model that
-separated the classes at round 6 still scores above one that never did. Prints a table (final test accuracy and
+tuning seed) on the test split, the same share held out (drawn by each seed). The test split is never read
+while tuning. Macro-F1, not accuracy, and two evaluations, not the final one: under label skew most settings end
+on the majority class, where every one ties on the final accuracy and macro-F1 alike (and the first grid value
+would win), while a model that separated the classes at round 6 still scores above one that never did. Prints a table (final test accuracy and
 macro-F1, mean +- std over the seeds, accuracy per evaluated round, MB up per client and round, the tuned rates)
 and writes strategies.json beside the sweeps and runs.
 """
@@ -31,7 +31,17 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, as_overrides, mean_std, offline, run_experiment, sweep_file, tune  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    VALIDATION,
+    as_overrides,
+    mean_std,
+    offline,
+    run_experiment,
+    sweep_file,
+    table_seeds,
+    tune,
+)
 
 offline()
 
@@ -50,7 +60,6 @@ OWN_GRID: dict[str, tuple[str, list[float]] | None] = {
 }
 TUNE_METRIC = "eval/macro_f1"  # see the docstring: accuracy ties at the majority class under skew
 TUNE_WINDOW = 2  # a trial's score: the mean of its last 2 evaluations (rounds 6 and 8 of 8)
-VALIDATION = 0.1  # share of the training rows held out for tuning (and kept out in the test runs)
 SMOKE = ["model.name=tiny-bert-random", "model.max_length=64", "data.max_train_samples=200",
          "data.max_test_samples=64", "train.local_steps=2", "train.batch_size=8"]  # fmt: skip
 
@@ -113,7 +122,7 @@ def cell(args, alpha: float, strategy: str, out: Path) -> dict[str, Any]:
     )
     tune_s = time.perf_counter() - t0
     runs = []
-    for seed in range(1, (1 if args.smoke else args.seeds) + 1):
+    for seed in table_seeds(1 if args.smoke else args.seeds, tuned=True):
         overrides = as_overrides({**base, **params, "seed": seed})
         runs.append(run_experiment(BASE_CONFIG, overrides, out / "runs" / f"{name}_s{seed}"))
     return summarize(alpha, strategy, params, runs, tune_s)
