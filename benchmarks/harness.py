@@ -80,10 +80,17 @@ def run_config(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def sweep_file(
-    folder: Path, name: str, base: Path, overrides: dict[str, Any], grid: dict, metric: str
+    folder: Path,
+    name: str,
+    base: Path,
+    overrides: dict[str, Any],
+    grid: dict,
+    metric: str,
+    window: int = 1,
 ) -> Path:
     """A `fedray tune` sweep over `grid` (one trial at a time on a small machine) that evaluates on
-    the validation split (`overrides` must hold data.validation_fraction) and maximises `metric`."""
+    the validation split (`overrides` must hold data.validation_fraction) and maximises `metric`,
+    a trial scored by the mean of its last `window` evaluations (the sweep's score_window)."""
     sweep = {
         "name": name,
         "base": str(base),
@@ -96,6 +103,7 @@ def sweep_file(
         "space": grid,
         "metric": metric,
         "mode": "max",
+        "score_window": window,
         "scheduler": {"name": "fifo"},
         "trial": {"driver_cpus": 0.5, "workers": 1},
         "wandb": {"mode": "disabled"},
@@ -106,13 +114,11 @@ def sweep_file(
     return path
 
 
-def tune(path: Path, out: Path, window: int = 1) -> dict[str, Any]:
+def tune(path: Path, out: Path) -> dict[str, Any]:
     """Run one sweep into `out` (resumed, or read back, if `out` already holds it; refused if it
-    holds another sweep): the parameters of the finished trial whose last `window` evaluations of
-    the sweep's metric have the best mean (1: the final one, as `fedray tune` ranks; a tie: the
-    first trial). A wider window ranks trials whose final evaluations tie, as every trial's does
-    when all end on the majority class under label skew."""
-    from engine.rundir import read_metrics
+    holds another sweep): the parameters of the finished trial with the best score, as `fedray
+    tune` ranks them (a tie: the first trial)."""
+    from tuning.score import row_score
     from tuning.sweep import load_sweep
     from tuning.tune import SWEEP_FILE, resume_sweep, run_sweep
 
@@ -125,17 +131,12 @@ def tune(path: Path, out: Path, window: int = 1) -> dict[str, Any]:
             else:
                 run_sweep(str(path), out=str(out))
     results = json.loads((out / "results.json").read_text())
-    done = [r for r in results["rows"] if r["final"] is not None]
+    done = [r for r in results["rows"] if row_score(r) is not None]
     if not done:
         rows = results["rows"]
         raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
-    metric, sign = results["sweep"]["metric"], 1 if results["sweep"]["mode"] == "max" else -1
-
-    def score(row: dict[str, Any]) -> float:
-        values = [r[metric] for r in read_metrics(Path(row["run_dir"])) if metric in r]
-        return sign * statistics.fmean(values[-window:])
-
-    return max(done, key=score)["params"]
+    sign = 1 if results["sweep"]["mode"] == "max" else -1
+    return max(done, key=lambda r: sign * row_score(r))["params"]
 
 
 def table_seeds(n: int, tuned: bool) -> list[int]:

@@ -116,9 +116,8 @@ def cell(args, alpha: float, strategy: str, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     grid = space(strategy, args.smoke)
     params = tune(
-        sweep_file(out / "sweeps", name, BASE_CONFIG, base, grid, TUNE_METRIC),
+        sweep_file(out / "sweeps", name, BASE_CONFIG, base, grid, TUNE_METRIC, TUNE_WINDOW),
         out / "sweeps" / name,
-        TUNE_WINDOW,
     )
     tune_s = time.perf_counter() - t0
     runs = []

@@ -173,6 +173,9 @@ def check_results(path: Path, data: Any) -> tuple[dict[str, Any], list[dict[str,
     axes = sweep.get("axes") or []
     if not (isinstance(axes, list) and all(isinstance(a, str) for a in axes)):
         raise bad('"sweep.axes" should be a list of parameter names')
+    window = sweep.get("score_window", 1)  # absent in a results.json written before windows
+    if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+        raise bad('"sweep.score_window" should be an integer >= 1')
     if not isinstance(rows, list) or not rows:
         raise bad('"rows" is missing or empty: the sweep recorded no trials')
     out = []
@@ -183,7 +186,9 @@ def check_results(path: Path, data: Any) -> tuple[dict[str, Any], list[dict[str,
             {**row, "trial_id": str(row.get("trial_id", n)), "params": row.get("params") or {}}
         )
     name = str(sweep.get("name") or path.parent.name)
-    return {"name": name, "metric": sweep["metric"], "mode": sweep["mode"], "axes": axes}, out
+    meta = {"name": name, "metric": sweep["metric"], "mode": sweep["mode"], "axes": axes,
+            "score_window": window}  # fmt: skip
+    return meta, out
 
 
 # ---- writing ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tuning.report_kit import (
     write_report,
 )
 from tuning.report_run import report_run
+from tuning.score import row_score, score_name
 
 
 def sweep_markdown(
@@ -54,17 +55,19 @@ def sweep_markdown(
     by = "higher" if sweep["mode"] == "max" else "lower"
     intro = (
         f"Sweep `{sweep['name']}` in `{sweep_dir}`: {len(rows)} trial(s), {len(ok)} finished "
-        f"with a result. Metric: final `{sweep['metric']}` ({by} is better) over "
+        f"with a result. Trials ranked by {_score_name(sweep)} ({by} is better) over "
         f"{', '.join(f'`{a}`' for a in axes) or 'no varying parameter'}."
     )
     if best:
         params = f" ({_label(best, axes)})" if axes else ""
-        intro += f" Best trial: **{best['trial_id']}**{params}, {best['final']:.4g}."
+        intro += f" Best trial: **{best['trial_id']}**{params}, {row_score(best):.4g}."
     top = _best_setting(settings or [], sweep["mode"])
     if top is not None:
         intro += (f" Best setting over seeds: **{_setting_label(top)}**, {top['mean']:.4g} +- "
                   f"{top['std']:.2g} (mean +- std of {top['n']}).")  # fmt: skip
-    tail = _trials_table(rows, axes, sweep["mode"], sweep_dir) + _trial_reports_note(trials)
+    tail = _trials_table(
+        rows, axes, sweep["mode"], sweep["score_window"], sweep_dir
+    ) + _trial_reports_note(trials)
     return markdown(f"Sweep report: {sweep['name']}", intro, sections, tail)
 
 
@@ -117,7 +120,11 @@ def _trial_dir(run_dir: Any, sweep_dir: Path) -> Path | None:
 
 
 def _usable(row: Mapping[str, Any]) -> bool:
-    return finite(row.get("final")) and row.get("status") != "ERROR"
+    return finite(row_score(row)) and row.get("status") != "ERROR"
+
+
+def _score_name(sweep: Mapping[str, Any]) -> str:
+    return score_name(sweep["metric"], sweep["score_window"])
 
 
 def _sweep_axes(axes: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -154,7 +161,7 @@ def _best_setting(settings: Sequence[Mapping[str, Any]], mode: str) -> Mapping[s
 def _seeds_section(
     out: Path, sweep: Mapping[str, Any], settings: Sequence[Mapping[str, Any]]
 ) -> Section:
-    metric, heading, png = sweep["metric"], "Final metric over seeds", "final_over_seeds.png"
+    what, heading, png = _score_name(sweep), "Score over seeds", "final_over_seeds.png"
     names = [_setting_label(g) for g in settings]
     spread = [(g["mean"], g["std"]) if finite(g.get("mean")) else None for g in settings]
     top = _best_setting(settings, sweep["mode"])
@@ -162,14 +169,14 @@ def _seeds_section(
     plots.seed_spread(
         out / png,
         names,
-        [g["finals"] for g in settings],
+        [g.get("scores", g["finals"]) for g in settings],
         spread,
-        ("setting", f"final {metric}"),
-        f"{sweep['name']}: final {metric} over seeds",
+        ("setting", what),
+        f"{sweep['name']}: {what} over seeds",
         best,
     )
     cap = (
-        f"Each setting's final {metric} for every seed whose run finished (dots), with their mean and "
+        f"Each setting's {what} for every seed whose run finished (dots), with their mean and "
         "+- one sample standard deviation (error bar); a setting's seeds share every other parameter."
     )
     lacking = [
@@ -187,13 +194,19 @@ def _seeds_section(
 def _final_section(
     out: Path, sweep: Mapping[str, Any], axes: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> Section:
-    metric, mode = sweep["metric"], sweep["mode"]
-    heading, png = f"Final {metric} over the swept parameters", "final_by_axes.png"
+    what, mode = _score_name(sweep), sweep["mode"]
+    name = what[0].upper() + what[1:]
+    heading, png = f"{name} over the swept parameters", "final_by_axes.png"
     flat = [
-        {**r["params"], "trial": r["trial_id"], "final": r["final"] if _usable(r) else None, "_": 0}
+        {
+            **r["params"],
+            "trial": r["trial_id"],
+            "final": row_score(r) if _usable(r) else None,
+            "_": 0,
+        }
         for r in rows
     ]
-    title = f"{sweep['name']}: final {metric} ({'max' if mode == 'max' else 'min'}imise)"
+    title = f"{sweep['name']}: {what} ({'max' if mode == 'max' else 'min'}imise)"
     if len(axes) < 2:
         axis = axes[0] if axes else "trial"
         xs, _, matrix = grid(flat, axis, "_", "final", mode)  # a one-row grid: best per value
@@ -204,10 +217,10 @@ def _final_section(
             [x for x, _ in ok],
             [v for _, v in ok],
             failed,
-            (axis, f"final {metric}"),
+            (axis, what),
             title,
         )
-        cap = f"Final {metric} against {axis}, the best trial kept per value ({mode}imise)."
+        cap = f"{name} against {axis}, the best trial kept per value ({mode}imise)."
         if failed:
             cap += (
                 " Red crosses on the axis: every trial failed at "
@@ -237,12 +250,12 @@ def _final_section(
         ys,
         matrix,
         notes,
-        (axes[0], axes[1], f"final {metric} ({better} is better)"),
+        (axes[0], axes[1], f"{what} ({better} is better)"),
         title,
         best[1:] if best else None,
         mode == "max",
     )
-    cap = f"Final {metric} of each trial, {axes[0]} across and {axes[1]} up"
+    cap = f"{name} of each trial, {axes[0]} across and {axes[1]} up"
     if len(axes) > 2:
         cap += f"; each cell keeps the best over {', '.join(axes[2:])}"
     cap += (
@@ -264,13 +277,14 @@ def _pareto_section(
     scale: float,
     xlabel: str,
 ) -> Section:
-    what = "communication" if key == "bytes_total" else "client compute"
-    heading, png = f"Pareto front: metric vs {what}", f"pareto_{key}.png"
+    cost = "communication" if key == "bytes_total" else "client compute"
+    heading, png = f"Pareto front: metric vs {cost}", f"pareto_{key}.png"
     ok = [r for r in rows if _usable(r) and finite(r.get(key))]
     if not ok:
         return (None, heading, f"no trial both finished and reported {key}.")
     metric, better = sweep["metric"], "higher" if sweep["mode"] == "max" else "lower"
-    points = [(float(r[key]) / scale, float(r["final"])) for r in ok]
+    what = _score_name(sweep)
+    points = [(float(r[key]) / scale, float(row_score(r))) for r in ok]
     labels = [_label(r, axes) for r in ok]
     front = pareto_front(points, sweep["mode"] == "max")
     plots.pareto(
@@ -278,12 +292,12 @@ def _pareto_section(
         points,
         labels,
         front,
-        (xlabel, f"final {metric}"),
-        f"{sweep['name']}: {metric} vs {what}",
+        (xlabel, what),
+        f"{sweep['name']}: {metric} vs {cost}",
     )
     listed = "; ".join(f"{labels[i]} ({points[i][0]:.3g}, {points[i][1]:.4g})" for i in front)
     cap = (
-        f"Every finished trial ({len(ok)} of {len(rows)}) as its final {metric} ({better} is "
+        f"Every finished trial ({len(ok)} of {len(rows)}) as its {what} ({better} is "
         f"better) against {xlabel}. Red points form the Pareto front, trials no other trial beats "
         f"on both; the step line is the best {metric} reachable within each budget. Front, "
         f"cheapest first: {listed}."
@@ -292,17 +306,24 @@ def _pareto_section(
 
 
 def _trials_table(
-    rows: Sequence[Mapping[str, Any]], axes: Sequence[str], mode: str, sweep_dir: Path
+    rows: Sequence[Mapping[str, Any]],
+    axes: Sequence[str],
+    mode: str,
+    window: int,
+    sweep_dir: Path,
 ) -> str:
     keys = [*axes, *sorted({k for r in rows for k in r["params"]} - set(axes))]
-    head = ["trial", *keys, "status", "final", "best", "MB", "client GFLOPs/round", "virtual s"]
+    scored = window > 1  # a score column only when it is not the final value
+    head = ["trial", *keys, "status", "final", *([f"mean of last {window}"] if scored else []),
+            "best", "MB", "client GFLOPs/round", "virtual s"]  # fmt: skip
     lines = ["## Trials", "", "| " + " | ".join([*head, "run", "error"]) + " |"]
     lines.append("|" + "---|" * (len(head) + 2))
     best = _best_row(rows, mode)
     for r in rows:
         tid = f"**{r['trial_id']}**" if r is best else r["trial_id"]
         cells = [tid, *(_value(r["params"].get(k)) for k in keys)]
-        cells += [str(r.get("status") or "—"), num(r.get("final")), num(r.get("best"))]
+        cells += [str(r.get("status") or "—"), num(r.get("final"))]
+        cells += [*([num(row_score(r))] if scored else []), num(r.get("best"))]
         for k, scale in (("bytes_total", MB), ("client_flops", 1e9), ("virtual_s", 1.0)):
             cells.append(num(r[k] / scale) if finite(r.get(k)) else "—")
         # A traceback's last line is the exception; that is what fits in a table cell.
@@ -314,7 +335,7 @@ def _trials_table(
 
 def _best_row(rows: Sequence[Mapping[str, Any]], mode: str) -> Mapping[str, Any] | None:
     ok = [r for r in rows if _usable(r)]
-    return (max if mode == "max" else min)(ok, key=lambda r: r["final"]) if ok else None
+    return (max if mode == "max" else min)(ok, key=row_score) if ok else None
 
 
 def _run_link(run_dir: Any, sweep_dir: Path) -> str:
@@ -355,6 +376,7 @@ def check_settings(path: Path, data: Mapping[str, Any]) -> list[dict[str, Any]] 
     if not isinstance(settings, list) or not all(
         isinstance(g, dict) and all(isinstance(g.get(k), t) for k, t in shape.items())
         and all(finite(v) for v in g["finals"])
+        and (isinstance(g.get("scores", []), list) and all(finite(v) for v in g.get("scores", [])))
         and (not g["finals"] or (finite(g.get("mean")) and finite(g.get("std")) and isinstance(g.get("n"), int)))
         for g in settings
     ):  # fmt: skip

@@ -11,15 +11,26 @@ from typing import Any
 
 from engine.config import RunConfig, dump_config
 from engine.rundir import atomic_write, read_metrics
+from tuning.score import score, score_name
 from tuning.sweep import SweepConfig, axes, trial_config
 from tuning.trial import RUN
 
 RESULTS = "results.json"
-COLUMNS = ["trial_id", "status", "final", "best", "bytes_total", "client_flops", "virtual_s"]
+COLUMNS = [
+    "trial_id",
+    "status",
+    "final",
+    "score",
+    "best",
+    "bytes_total",
+    "client_flops",
+    "virtual_s",
+]
 
 
 def trial_row(sweep: SweepConfig, trial_dir: Path, params: dict, error: str | None) -> dict:
-    """What one trial measured, read from its run directory (metrics.jsonl, summary.json)."""
+    """What one trial measured, read from its run directory (metrics.jsonl, summary.json): its
+    final and best metric and its score (sweep.score_window; the final value with a window of 1)."""
     run = trial_dir / RUN
     records = read_metrics(run)
     values = [r[sweep.metric] for r in records if sweep.metric in r]
@@ -34,6 +45,7 @@ def trial_row(sweep: SweepConfig, trial_dir: Path, params: dict, error: str | No
         "status": status,
         "error": error,
         "final": values[-1] if values else None,
+        "score": score(values, sweep.score_window),
         "best": pick(values) if values else None,
         "rounds": last.get("round"),
         "bytes_total": last.get("comm/bytes_total_cum"),
@@ -58,33 +70,38 @@ def collect(sweep: SweepConfig, sweep_dir: Path, grid: Any) -> list[dict]:
 
 
 def _finished(row: dict) -> bool:
-    return row["final"] is not None and math.isfinite(row["final"])
+    return row["score"] is not None and math.isfinite(row["score"])
 
 
 def best_row(sweep: SweepConfig, rows: list[dict]) -> dict | None:
+    """The trial with the best score (a tie: the first in trial-id order)."""
     done = [r for r in rows if _finished(r)]
     if not done:
         return None
     sign = 1 if sweep.mode == "max" else -1
-    return max(done, key=lambda r: sign * r["final"])
+    return max(done, key=lambda r: sign * r["score"])
 
 
 def settings(sweep: SweepConfig, rows: list[dict]) -> list[dict]:
-    """With a seeds list: one entry per setting (the trial parameters less `seed`), its final metric
-    over the seeds whose run went through every round (mean, sample std, min, max; a trial that
-    failed or was stopped early counts in `missing`), in the order the trials first show it."""
+    """With a seeds list: one entry per setting (the trial parameters less `seed`), its trials'
+    final metrics and scores over the seeds whose run went through every round, and the scores'
+    mean, sample std, min and max (a trial that failed or was stopped early counts in `missing`),
+    in the order the trials first show it."""
     groups: dict[str, dict] = {}
     for r in rows:
         params = {k: v for k, v in r["params"].items() if k != "seed"}
         key = json.dumps(params, sort_keys=True, default=str)
-        g = groups.setdefault(key, {"params": params, "seeds": [], "finals": [], "missing": []})
+        g = groups.setdefault(
+            key, {"params": params, "seeds": [], "finals": [], "scores": [], "missing": []}
+        )
         if r["status"] == "TERMINATED" and _finished(r):
             g["seeds"].append(r["params"].get("seed"))
             g["finals"].append(r["final"])
+            g["scores"].append(r["score"])
         else:
             g["missing"].append(r["params"].get("seed"))
     for g in groups.values():
-        f = g["finals"]
+        f = g["scores"]
         g["n"] = len(f)
         g["mean"] = statistics.fmean(f) if f else None
         g["std"] = statistics.stdev(f) if len(f) > 1 else 0.0 if f else None
@@ -93,7 +110,7 @@ def settings(sweep: SweepConfig, rows: list[dict]) -> list[dict]:
 
 
 def best_setting(sweep: SweepConfig, groups: list[dict]) -> dict | None:
-    """The setting with the best mean final metric (a tie: the one listed first)."""
+    """The setting with the best mean score (a tie: the one listed first)."""
     done = [g for g in groups if g["mean"] is not None]
     if not done:
         return None
@@ -107,7 +124,8 @@ def write_results(
     """results.json / results.csv / results.md / best.yaml in the sweep directory; prints the table."""
     names = axes(sweep)
     meta = {"name": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "axes": names,
-            "base": sweep.base, "wall_s": wall_s, "seeds": sweep.seeds}  # fmt: skip
+            "base": sweep.base, "wall_s": wall_s, "seeds": sweep.seeds,
+            "score_window": sweep.score_window}  # fmt: skip
     data: dict[str, Any] = {"sweep": meta, "rows": rows}
     groups = settings(sweep, rows) if sweep.seeds else None
     if groups is not None:
@@ -128,12 +146,11 @@ def write_results(
     else:
         best = best_row(sweep, rows)
     if best is not None:
+        name = score_name(sweep.metric, sweep.score_window)
         if groups is not None:  # the setting's params hold no seed: best.yaml has the base one
-            what = f"setting {best['params']}: {sweep.metric} = {best['mean']:.4g} +- {best['std']:.2g} over seeds {best['seeds']}"
+            what = f"setting {best['params']}: {name} = {best['mean']:.4g} +- {best['std']:.2g} over seeds {best['seeds']}"
         else:
-            what = (
-                f"trial {best['trial_id']} {best['params']}: {sweep.metric} = {best['final']:.4g}"
-            )
+            what = f"trial {best['trial_id']} {best['params']}: {name} = {best['score']:.4g}"
         cfg = trial_config(sweep, best["params"])
         atomic_write(
             sweep_dir / "best.yaml", f"# best {what} of sweep {sweep.name}\n" + dump_config(cfg)
@@ -154,23 +171,26 @@ def _fmt(v: Any) -> str:
 
 def markdown(sweep: SweepConfig, rows: list[dict]) -> str:
     names = axes(sweep)
-    head = ["trial", *names, "status", f"final {sweep.metric}", "best", "MB total",
+    windowed = sweep.score_window > 1  # a score column only when it is not the final value
+    head = ["trial", *names, "status", f"final {sweep.metric}",
+            *([f"mean of last {sweep.score_window}"] if windowed else []), "best", "MB total",
             "client GFLOPs/round", "virtual s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mb = r["bytes_total"] / 1e6 if r["bytes_total"] is not None else None
         gf = r["client_flops"] / 1e9 if r["client_flops"] is not None else None
         status = r["status"] + (f" ({r['error']})" if r["error"] else "")
-        cells = [r["trial_id"], *(r["params"].get(a) for a in names), status, r["final"], r["best"],
-                 mb, gf, r["virtual_s"]]  # fmt: skip
+        cells = [r["trial_id"], *(r["params"].get(a) for a in names), status, r["final"],
+                 *([r["score"]] if windowed else []), r["best"], mb, gf, r["virtual_s"]]  # fmt: skip
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def settings_markdown(sweep: SweepConfig, groups: list[dict]) -> str:
-    """One line per setting: its final metric as mean +- std over the seeds that finished."""
+    """One line per setting: its score as mean +- std over the seeds that finished."""
     keys = list(sweep.space)
-    head = [*keys, "seeds", f"final {sweep.metric} (mean +- std)", "min", "max", "missing seeds"]
+    name = score_name(sweep.metric, sweep.score_window)
+    head = [*keys, "seeds", f"{name}: mean +- std", "min", "max", "missing seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         spread = "-" if g["mean"] is None else f"{g['mean']:.4g} +- {g['std']:.2g}"

@@ -51,6 +51,10 @@ class SweepConfig(_Section):
     ]  # config key -> {grid|choice: [...]} or {uniform|...: [lo, hi]}
     metric: str = "eval/accuracy"
     mode: Literal["max", "min"] = "max"
+    # A trial's score, what ranks it: the mean of its last N evaluations of `metric` (1: the final
+    # one). Wider windows tell apart trials whose final evaluations tie (all on the majority class
+    # under label skew) and damp a last round's noise.
+    score_window: int = Field(1, ge=1)
     num_samples: int = Field(1, ge=1)  # repeats of the grid (or draws, with no grid)
     scheduler: SchedulerConfig = SchedulerConfig()
     max_concurrent_trials: int | None = Field(None, ge=1)  # null: as many as the cluster fits
@@ -92,6 +96,7 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, RunConfig]:
     base = base_config(sweep)
     check_space(sweep, base)
     check_metric(sweep, base)
+    check_score_window(sweep, base)
     return sweep, base
 
 
@@ -202,6 +207,26 @@ def check_metric(sweep: SweepConfig, base: RunConfig) -> None:
     if sweep.metric not in known:
         raise ConfigError(
             "metric", f"{sweep.metric!r} is not reported by these runs; use one of {sorted(known)}"
+        )
+
+
+def reports(cfg: RunConfig, metric: str) -> int:
+    """How many values of `metric` a run of this config reports: an `eval/` metric every
+    `eval.every` rounds and after the last, any other every round."""
+    rounds, every = cfg.federation.rounds, cfg.eval.every
+    if not metric.startswith("eval/"):
+        return rounds
+    return rounds // every + (rounds % every != 0)
+
+
+def check_score_window(sweep: SweepConfig, base: RunConfig) -> None:
+    n = reports(base, sweep.metric)
+    if sweep.score_window > n:
+        raise ConfigError(
+            "score_window",
+            f"{sweep.score_window} is more than the {n} value(s) of {sweep.metric} a run reports "
+            f"(federation.rounds {base.federation.rounds}, eval.every {base.eval.every}); "
+            f"use 1 to {n}",
         )
 
 

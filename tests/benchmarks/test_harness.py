@@ -59,29 +59,22 @@ def test_a_sweep_folder_is_read_back_or_refused(ray_session, tmp_path) -> None:
         tune(other, out)
 
 
-def test_a_wider_window_ranks_trials_whose_final_evaluations_tie(tmp_path) -> None:
-    curves = {
-        "a": [0.40, 0.41, 0.41, 0.40],
-        "b": [0.40, 0.40, 0.66, 0.40],
-        "c": [0.50, 0.70, 0.39, 0.40],
-    }
-    rows = []
-    for name, values in curves.items():
-        run = tmp_path / name
-        run.mkdir()
-        lines = [{"round": 2 * (i + 1), "eval/macro_f1": v} for i, v in enumerate(values)]
-        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        rows.append({"params": {"train.lr": name}, "final": values[-1], "run_dir": str(run)})
-    rows.append({"params": {"train.lr": "failed"}, "final": None, "run_dir": None})
+def test_tune_picks_the_best_score_and_reads_a_results_file_written_before_scores(
+    tmp_path,
+) -> None:
+    rows = [
+        {"params": {"train.lr": "a"}, "final": 0.40, "score": 0.405},
+        {"params": {"train.lr": "b"}, "final": 0.40, "score": 0.53},
+        {"params": {"train.lr": "failed"}, "final": None, "score": None},
+    ]
     out = tmp_path / "sweep"
     out.mkdir()
     sweep = {"metric": "eval/macro_f1", "mode": "max"}
     (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": rows}))
-
-    assert tune(tmp_path / "s.yaml", out) == {"train.lr": "a"}  # final: a three-way tie, first kept
-    assert tune(tmp_path / "s.yaml", out, window=2) == {"train.lr": "b"}  # (0.66 + 0.40) / 2
-    assert tune(tmp_path / "s.yaml", out, window=4) == {"train.lr": "c"}  # 0.4975 over all four
-    assert tune(tmp_path / "s.yaml", out, window=99) == {"train.lr": "c"}  # all there is
+    assert tune(tmp_path / "s.yaml", out) == {"train.lr": "b"}
     sweep["mode"] = "min"
     (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": rows}))
-    assert tune(tmp_path / "s.yaml", out, window=2) == {"train.lr": "c"}  # 0.395
+    assert tune(tmp_path / "s.yaml", out) == {"train.lr": "a"}
+    old = [{k: v for k, v in r.items() if k != "score"} for r in rows]  # final values tie
+    (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": old}))
+    assert tune(tmp_path / "s.yaml", out) == {"train.lr": "a"}  # the first of the tie

@@ -233,6 +233,28 @@ def test_sweep_with_one_axis_draws_a_line(tmp_path: Path) -> None:
     assert "every trial failed at 0.3." in text  # 0.1 failed once but also finished once
 
 
+def test_a_windowed_sweep_ranks_plots_and_lists_its_scores(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    doc = json.loads((sweep / "results.json").read_text())
+    doc["sweep"]["score_window"] = 2
+    scores = {"t0": 0.72, "t1": 0.55, "t2": 0.74, "t4": 0.61}  # t2 best by score, t1 by final
+    for r in doc["rows"]:
+        r["score"] = scores.get(r["trial_id"])
+    (sweep / "results.json").write_text(json.dumps(doc))
+    text = assert_pngs(report(sweep), SWEEP_PNGS)
+    assert "Trials ranked by eval/accuracy (mean of last 2)" in text
+    assert "Best trial: **t2**" in text and "| **t2** |" in text
+    assert "Best (red box, maximise): 0.74 at pruning.keep_ratio=0.9" in text
+    # the table keeps the final value beside the score: t1's 0.8 then 0.55
+    assert "| mean of last 2 |" in text and "| 0.8 | 0.55 |" in text
+    # bytes front on scores: t4 (1 MB, 0.61), t0 (2 MB, 0.72), t2 (5 MB, 0.74); t1 dominated
+    assert "(1, 0.61); keep_ratio=0.1, prompt_length=10 (2, 0.72); keep_ratio=0.9" in text
+    doc["sweep"]["score_window"] = 0
+    (sweep / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="score_window"):
+        report(sweep)
+
+
 def test_sweep_with_seeds_draws_each_settings_spread(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path)
     doc = json.loads((sweep / "results.json").read_text())

@@ -1,15 +1,21 @@
-"""A sweep's settings over seeds, computed by hand from trial rows (no Ray)."""
+"""A sweep's trial scores and settings over seeds, computed by hand from trial rows (no Ray)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from tuning.results import best_setting, settings, settings_markdown
+from tuning.results import best_row, best_setting, settings, settings_markdown, trial_row
+from tuning.score import row_score
 from tuning.sweep import SweepConfig
+from tuning.trial import RUN
 
 
 def _row(lr: float, seed: int, final: float | None, status: str = "TERMINATED") -> dict:
-    return {"params": {"train.lr": lr, "seed": seed}, "final": final, "status": status}
+    return {"params": {"train.lr": lr, "seed": seed}, "final": final, "score": final,
+            "status": status}  # fmt: skip
 
 
 SWEEP = SweepConfig(base="x.yaml", space={"train.lr": {"grid": [0.1, 0.2]}}, seeds=[0, 1, 2])
@@ -37,3 +43,68 @@ def test_a_setting_with_no_finished_seed_has_no_mean() -> None:
     (only,) = settings(SWEEP, [_row(0.1, 0, None, "ERROR")])
     assert only["n"] == 0 and only["mean"] is None and only["std"] is None
     assert best_setting(SWEEP, [only]) is None
+
+
+CURVES = {  # eval/macro_f1 at rounds 2, 4, 6, 8: every final ties at the majority class
+    "a": [0.40, 0.41, 0.41, 0.40],
+    "b": [0.40, 0.40, 0.66, 0.40],
+    "c": [0.50, 0.70, 0.39, 0.40],
+}
+
+
+def _trials(tmp_path: Path, sweep: SweepConfig) -> list[dict]:
+    rows = []
+    for name, values in CURVES.items():
+        run = tmp_path / name / RUN
+        run.mkdir(parents=True)
+        lines = [{"round": 2 * (i + 1), "eval/macro_f1": v} for i, v in enumerate(values)]
+        lines.insert(1, {"round": 3, "train/loss": 0.5})  # a round without an evaluation
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        rows.append(trial_row(sweep, tmp_path / name, {"train.lr": name}, None))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("window", "mode", "scores", "best"),
+    [
+        (1, "max", (0.40, 0.40, 0.40), "a"),  # a three-way tie: the first trial
+        (2, "max", (0.405, 0.53, 0.395), "b"),  # (0.66 + 0.40) / 2
+        (4, "max", (0.405, 0.465, 0.4975), "c"),  # every evaluation
+        (2, "min", (0.405, 0.53, 0.395), "c"),
+    ],
+)
+def test_a_trial_scores_the_mean_of_its_last_evaluations(
+    tmp_path: Path, window: int, mode: str, scores: tuple, best: str
+) -> None:
+    sweep = SweepConfig(base="x.yaml", space={"train.lr": {"grid": ["a"]}},
+                        metric="eval/macro_f1", mode=mode, score_window=window)  # fmt: skip
+    rows = _trials(tmp_path, sweep)
+    assert [r["final"] for r in rows] == [0.40, 0.40, 0.40]  # the final value is kept apart
+    assert [r["score"] for r in rows] == pytest.approx(scores)
+    assert best_row(sweep, rows)["params"] == {"train.lr": best}
+
+
+def test_a_trial_with_fewer_evaluations_than_the_window_averages_all_it_made(tmp_path) -> None:
+    sweep = SweepConfig(base="x.yaml", space={"train.lr": {"grid": ["a"]}},
+                        metric="eval/macro_f1", score_window=3)  # fmt: skip
+    run = tmp_path / "t" / RUN
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 2, "eval/macro_f1": 0.3}) + "\n")
+    row = trial_row(sweep, tmp_path / "t", {}, None)
+    assert (row["final"], row["score"], row["status"]) == (0.3, 0.3, "STOPPED")
+    empty = trial_row(sweep, tmp_path / "none", {}, "boom")
+    assert (empty["score"], empty["status"]) == (None, "ERROR")
+
+
+def test_settings_average_scores_and_keep_finals() -> None:
+    sweep = SWEEP.model_copy(update={"score_window": 2})
+    rows = [{**_row(0.1, s, f), "score": sc} for s, f, sc in ((0, 0.4, 0.6), (1, 0.4, 0.8))]
+    (only,) = settings(sweep, rows)
+    assert only["finals"] == [0.4, 0.4] and only["scores"] == [0.6, 0.8]
+    assert only["mean"] == pytest.approx(0.7) and only["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "eval/accuracy (mean of last 2): mean +- std" in settings_markdown(sweep, [only])
+
+
+def test_a_results_file_written_before_scores_ranks_by_its_final_values() -> None:
+    assert row_score({"final": 0.7}) == 0.7
+    assert row_score({"final": 0.7, "score": 0.6}) == 0.6

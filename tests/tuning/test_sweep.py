@@ -59,12 +59,29 @@ def test_a_good_sweep_loads_with_its_base_and_grid(tmp_path: Path) -> None:
         ({"seeds": ["a"]}, "seeds.0"),
         ({"seeds": list(range(1001))}, "seeds"),
         ({"seeds": [0], "space": {"seed": {"grid": [1, 2]}}}, "space.seed"),
+        ({"score_window": 0}, "score_window"),
+        ({"score_window": 10**9}, "score_window"),
     ],
 )
 def test_bad_sweeps_name_the_key(tmp_path: Path, fields: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_sweep(sweep_file(tmp_path, **fields))
     assert err.value.key == key, err.value
+
+
+def test_the_score_window_is_bounded_by_the_values_a_run_reports(tmp_path: Path) -> None:
+    # 5 rounds, evaluated every 2 and after the last: rounds 2, 4 and 5
+    fixed = {"federation.rounds": 5, "eval.every": 2}
+    sweep, _ = load_sweep(sweep_file(tmp_path, overrides=fixed, score_window=3))
+    assert sweep.score_window == 3
+    with pytest.raises(ConfigError, match=r"more than the 3 value\(s\).*use 1 to 3") as err:
+        load_sweep(sweep_file(tmp_path, overrides=fixed, score_window=4))
+    assert err.value.key == "score_window"
+    # train/loss is reported every round
+    sweep, _ = load_sweep(
+        sweep_file(tmp_path, overrides=fixed, metric="train/loss", mode="min", score_window=5)
+    )
+    assert sweep.score_window == 5
 
 
 def test_seeds_multiply_the_grid_and_name_an_axis(tmp_path: Path) -> None:
