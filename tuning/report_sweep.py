@@ -201,7 +201,7 @@ def _final_section(
         {
             **r["params"],
             "trial": r["trial_id"],
-            "final": row_score(r) if _usable(r) else None,
+            "score": row_score(r) if _usable(r) else None,
             "_": 0,
         }
         for r in rows
@@ -209,7 +209,7 @@ def _final_section(
     title = f"{sweep['name']}: {what} ({'max' if mode == 'max' else 'min'}imise)"
     if len(axes) < 2:
         axis = axes[0] if axes else "trial"
-        xs, _, matrix = grid(flat, axis, "_", "final", mode)  # a one-row grid: best per value
+        xs, _, matrix = grid(flat, axis, "_", "score", mode)  # a one-row grid: best per value
         ok = [(x, v) for x, v in zip(xs, matrix[0], strict=True) if not math.isnan(v)]
         failed = [x for x, v in zip(xs, matrix[0], strict=True) if math.isnan(v)]
         plots.sweep_line(
@@ -231,7 +231,7 @@ def _final_section(
             x, v = (max if mode == "max" else min)(ok, key=lambda p: p[1])
             cap += f" Best: {v:.4g} at {axis}={_value(x)}."
         return (png, heading, cap)
-    xs, ys, matrix = grid(flat, axes[0], axes[1], "final", mode)
+    xs, ys, matrix = grid(flat, axes[0], axes[1], "score", mode)
     ran = {(hashable(lookup(r, axes[0])), hashable(lookup(r, axes[1]))) for r in flat}
     notes = {
         (i, j): "failed" if (x, y) in ran else "missing"
