@@ -118,6 +118,12 @@ def best_setting(sweep: SweepConfig, groups: list[dict]) -> dict | None:
     return max(done, key=lambda g: sign * g["mean"])
 
 
+def ties(best: dict, entries: list[dict]) -> int:
+    """How many other trials (or settings over seeds) have exactly the best one's score (mean)."""
+    key = "mean" if "mean" in best else "score"
+    return sum(e is not best and e.get(key) == best[key] for e in entries)
+
+
 def write_results(
     sweep: SweepConfig, base: RunConfig, sweep_dir: Path, rows: list[dict], wall_s: float
 ) -> str:
@@ -156,6 +162,13 @@ def write_results(
             sweep_dir / "best.yaml", f"# best {what} of sweep {sweep.name}\n" + dump_config(cfg)
         )
         table += f"\nbest: {what} -> {sweep_dir / 'best.yaml'}\n"
+        tied = ties(best, groups if groups is not None else rows)
+        if tied:
+            table += (
+                f"note: {tied} other {'setting' if groups is not None else 'trial'}(s) tie with it "
+                "(the first listed is kept); a wider score_window, another metric (eval/macro_f1, "
+                "eval/loss) or more rounds may tell them apart\n"
+            )
     atomic_write(sweep_dir / "results.md", table)
     print(table, flush=True)
     return table

@@ -6,8 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tuning.results import best_row, best_setting, settings, settings_markdown, trial_row
+from tuning.results import (
+    best_row,
+    best_setting,
+    settings,
+    settings_markdown,
+    trial_row,
+    write_results,
+)
 from tuning.score import row_score
 from tuning.sweep import SweepConfig
 from tuning.trial import RUN
@@ -108,3 +116,26 @@ def test_settings_average_scores_and_keep_finals() -> None:
 def test_a_results_file_written_before_scores_ranks_by_its_final_values() -> None:
     assert row_score({"final": 0.7}) == 0.7
     assert row_score({"final": 0.7, "score": 0.6}) == 0.6
+
+
+def _full(tid: str, lr: float, score: float) -> dict:
+    return {"trial_id": tid, "params": {"train.lr": lr}, "status": "TERMINATED", "error": None,
+            "final": score, "score": score, "best": score, "rounds": 8, "bytes_total": 1e6,
+            "client_flops": 1e9, "virtual_s": 1.0, "run_dir": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(("scores", "note"), [((0.4, 0.4, 0.3), 1), ((0.4, 0.5, 0.5), 1),
+                                              ((0.4, 0.5, 0.3), 0)])  # fmt: skip
+def test_results_name_a_best_trial_tied_with_others(tmp_path: Path, scores, note) -> None:
+    base = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    sweep = SweepConfig(base=str(base), space={"train.lr": {"grid": [1e-3, 2e-3, 3e-3]}})
+    rows = [
+        _full(f"t{i}", lr, s)
+        for i, (lr, s) in enumerate(zip((1e-3, 2e-3, 3e-3), scores, strict=True))
+    ]
+    table = write_results(sweep, None, tmp_path, rows, 1.0)
+    first = rows[scores.index(max(scores))]
+    assert f"best: trial {first['trial_id']} " in table  # the first of a tie is kept
+    assert ("note: 1 other trial(s) tie with it" in table) == bool(note)
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["train"]["lr"] == first["params"]["train.lr"]
