@@ -28,6 +28,11 @@ def test_a_cells_sweep_tries_its_rate_times_the_factors_on_the_validation_split(
     assert sweep.space["method.lr"]["grid"] == [pytest.approx(2e-3 / 3, rel=1e-3), 2e-3, 6e-3]
     assert base.eval.split == "validation" and base.data.validation_fraction == bench.VALIDATION
     assert sweep.metric == "eval/accuracy" and base.seed == 0
+    # scored by the validation accuracy at rounds 6 and 8 of 8
+    assert (base.eval.every, sweep.score_window) == (bench.TUNE_EVERY, bench.TUNE_WINDOW) == (2, 2)
+    short = {**raw, "federation": {**raw["federation"], "rounds": 2}}  # --rounds 2: one evaluation
+    sweep, base = load_sweep(bench.cell_sweep(short, 2e-3, tmp_path / "short", smoke=False))
+    assert (base.eval.every, sweep.score_window) == (2, 1)
     assert base.method.name == method and base.data.partition.alpha == 1.0
     assert trial_config(sweep, {"method.lr": 6e-3}).method.lr == 6e-3  # the key the method reads
 
