@@ -12,9 +12,9 @@ TUNE_FACTORS (around --lr, the table's rate or the method's default), evaluated 
 10% of the training rows that no client trains on (data.validation_fraction, eval.split: validation)
 every TUNE_EVERY rounds; the best mean validation accuracy of a trial's last TUNE_WINDOW evaluations
 wins (final evaluations tie at the majority class under label skew), and the cell then runs at that
-rate with seeds 1..N on the test split, the same share held out (drawn by each run's seed). The centralized baseline (a Ray Train job)
-keeps its rate. Without --tune every cell runs at its rate with seeds 0..N-1. --seeds N > 1 reports
-mean +- std.
+rate with seeds 1..N on the test split, the same share held out (drawn by each run's seed). The
+centralized baseline (a Ray Train job) keeps its rate. Without --tune every cell runs at its rate
+with seeds 0..N-1. --seeds N > 1 reports mean +- std.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ CENTRAL_LABEL = "any (union)"
 # Every other method uses its default.
 TABLE_LRS = {"lora": 2e-3, "full": 5e-5, "prefix": 1e-2}
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: the rates tried, as multiples of the cell's rate
-# --tune scores a trial by its last TUNE_WINDOW validation evaluations, every TUNE_EVERY rounds (rounds 6
-# and 8 of 8): under label skew final evaluations tie at the majority class (as in benchmarks/strategies.py).
+# --tune scores a trial by its last TUNE_WINDOW validation evaluations, every TUNE_EVERY rounds
+# (rounds 6 and 8 of 8): under label skew the final evaluations tie at the majority class (as in
+# benchmarks/strategies.py).
 TUNE_EVERY, TUNE_WINDOW = 2, 2
 # The issue's target: LoRA and adapter within 3 accuracy points of full FT at alpha=1.
 TARGET_PARTITION, TARGET_METHODS, TARGET_POINTS = "dir1.0", ("lora", "adapter"), 3.0
