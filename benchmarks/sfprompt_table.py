@@ -13,7 +13,8 @@ Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
 of the training rows that no client trains on: data.validation_fraction, eval.split: validation) picks
 FedFT's and SplitFed's learning rates and SFPrompt's keep ratio x local-loss epochs (GRIDS) by final
 validation accuracy; every row then runs with its family's choice at seeds 1..N on the test split, the
-same share held out (drawn by each run's seed). Without --tune the rows run at the base config's values, seeds 0..N-1.
+same share held out (drawn by each run's seed). Without --tune the rows run at the base config's
+values, seeds 0..N-1.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ strategy's own rate (server_lr, or FedProx's mu) picks the setting whose last tw
 have the best mean macro-F1 on a validation split (10% of the training rows, held out from every client:
 data.validation_fraction, eval.split: validation); that setting is then run again with seeds 1..N (never the
 tuning seed) on the test split, the same share held out (drawn by each seed). The test split is never read
-while tuning. Macro-F1, not accuracy, and two evaluations, not the final one: under label skew most settings end
-on the majority class, where every one ties on the final accuracy and macro-F1 alike (and the first grid value
-would win), while a model that separated the classes at round 6 still scores above one that never did. Prints a table (final test accuracy and
-macro-F1, mean +- std over the seeds, accuracy per evaluated round, MB up per client and round, the tuned rates)
-and writes strategies.json beside the sweeps and runs.
+while tuning. Macro-F1, not accuracy, and two evaluations (the sweeps' score_window), not the final one: under
+label skew most settings end on the majority class, where every one ties on the final accuracy and macro-F1
+alike (and the first grid value would win), while a model that separated the classes at round 6 still scores
+above one that never did. Prints a table (final test accuracy and macro-F1, mean +- std over the seeds,
+accuracy per evaluated round, MB up per client and round, the tuned rates) and writes strategies.json beside
+the sweeps and runs.
 """
 
 from __future__ import annotations

@@ -118,9 +118,9 @@ def best_setting(sweep: SweepConfig, groups: list[dict]) -> dict | None:
     return max(done, key=lambda g: sign * g["mean"])
 
 
-def ties(best: dict, entries: list[dict]) -> int:
-    """How many other trials (or settings over seeds) have exactly the best one's score (mean)."""
-    key = "mean" if "mean" in best else "score"
+def ties(best: dict, entries: list[dict], key: str) -> int:
+    """How many entries other than `best` have exactly its `key`: a trial's score, or a setting's
+    mean score over seeds."""
     return sum(e is not best and e.get(key) == best[key] for e in entries)
 
 
@@ -154,7 +154,10 @@ def write_results(
     if best is not None:
         name = score_name(sweep.metric, sweep.score_window)
         if groups is not None:  # the setting's params hold no seed: best.yaml has the base one
-            what = f"setting {best['params']}: {name} = {best['mean']:.4g} +- {best['std']:.2g} over seeds {best['seeds']}"
+            what = (
+                f"setting {best['params']}: {name} = {best['mean']:.4g} +- {best['std']:.2g} "
+                f"over seeds {best['seeds']}"
+            )
         else:
             what = f"trial {best['trial_id']} {best['params']}: {name} = {best['score']:.4g}"
         cfg = trial_config(sweep, best["params"])
@@ -162,7 +165,8 @@ def write_results(
             sweep_dir / "best.yaml", f"# best {what} of sweep {sweep.name}\n" + dump_config(cfg)
         )
         table += f"\nbest: {what} -> {sweep_dir / 'best.yaml'}\n"
-        tied = ties(best, groups if groups is not None else rows)
+        entries, key = (groups, "mean") if groups is not None else (rows, "score")
+        tied = ties(best, entries, key)
         if tied:
             table += (
                 f"note: {tied} other {'setting' if groups is not None else 'trial'}(s) tie with it "
