@@ -44,6 +44,8 @@ from harness import (  # noqa: E402
     tune,
 )
 
+from tuning.report_kit import pareto_front  # noqa: E402
+
 offline()
 
 BASE_CONFIG = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
@@ -308,7 +310,7 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
             tuned = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in r["tuned"].items()) or "-"
             lines.append(
                 f"| {r['name']} | {tuned} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | "
-                f"{r['client_flops_per_round'] / 1e9:.3g} | {r.get('flops_pct_of_fedft', math.nan):.2g} | "
+                f"{r['client_flops_per_round'] / 1e9:.3g} | {r.get('flops_pct_of_fedft', math.nan):.3g} | "
                 f"{r['bytes_per_round'] / 1e6:.1f} | {r.get('bytes_pct_of_fedft', math.nan):.1f} | "
                 f"{r['client_peak_memory_bytes'] / 2**20:.1f} | {len(r['seeds'])} | {r['wall_s']:.0f} |"
             )
@@ -336,6 +338,37 @@ def target_line(rows: list[dict[str, Any]]) -> str:
     acc = row["accuracy"]
     return (f"{head} {'PASS' if ok else 'FAIL'}: {acc:.3f} vs FedFT's {acc + gap / 100:.3f} "
             f"({-gap:+.1f} points), {share:.1f}% of its bytes")  # fmt: skip
+
+
+# the costs a row's accuracy is traded against: (row key, label, scale, unit)
+COSTS = (
+    ("bytes_per_round", "MB/round", 1e6, "MB"),
+    ("client_flops_per_round", "client FLOPs/round", 1e9, "GFLOPs"),
+)
+
+
+def fronts(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per cost, the names of the rows no other row beats on both accuracy and that cost, cheapest
+    first: what a user gives up for each point of accuracy."""
+    done = [r for r in rows if "error" not in r]
+    return {
+        key: [done[i]["name"] for i in pareto_front([(r[key], r["accuracy"]) for r in done])]
+        for key, *_ in COSTS
+    }
+
+
+def front_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per cost: the front's rows as name (accuracy, cost), cheapest first."""
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for key, label, scale, unit in COSTS:
+        names = fronts(rows)[key]
+        points = [
+            f"{n} ({by_name[n]['accuracy']:.3f}, {by_name[n][key] / scale:.3g} {unit})"
+            for n in names
+        ]
+        lines.append(f"Pareto front, accuracy vs {label}: " + " -> ".join(points))
+    return lines
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
@@ -370,12 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     md = markdown(rows, cross)
     if rows:
-        md += "\n" + target_line(rows) + "\n"
+        md += "\n" + target_line(rows) + "\n\n" + "\n".join(front_lines(rows)) + "\n"
     md += f"\ntotal wall time {time.perf_counter() - t0:.0f} s; base {BASE_CONFIG.name}, "
     md += f"{args.rounds} rounds, {' '.join(TABLE_OVERRIDES + args.set)}\n"
     out.mkdir(parents=True, exist_ok=True)
     report = {"rows": rows, "crossover": cross, "rounds": args.rounds, "smoke": args.smoke,
-              "tune": args.tune, "grids": GRIDS if args.tune else None,
+              "tune": args.tune, "grids": GRIDS if args.tune else None, "fronts": fronts(rows),
               "overrides": TABLE_OVERRIDES + args.set, "runs_root": str(root)}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(md)

@@ -88,3 +88,24 @@ def test_the_target_needs_both_the_gap_and_the_bytes() -> None:
     assert "FAIL" in line(3.5, 40.0) and "FAIL" in line(1.0, 61.0)
     assert "PASS" in line(-1.0, 60.0)  # above FedFT, at the bytes bound
     assert "N/A" in bench.target_line([{"name": "FedFT", "accuracy": 0.8}])
+
+
+def test_the_fronts_keep_the_rows_no_other_row_beats_on_accuracy_and_cost() -> None:
+    def row(name: str, acc: float, mb: float, gflops: float) -> dict:
+        return {"name": name, "accuracy": acc, "bytes_per_round": mb * 1e6,
+                "client_flops_per_round": gflops * 1e9}  # fmt: skip
+
+    rows = [row("FedFT", 0.83, 720, 950), row("SFPrompt", 0.70, 360, 880),
+            row("cut", 0.75, 310, 0.002), row("SplitFed", 0.78, 845, 315),
+            {"name": "broken", "error": "died"}]  # fmt: skip
+    # bytes: SFPrompt costs more than the cut and reaches less; SplitFed more than FedFT for less
+    assert bench.fronts(rows) == {
+        "bytes_per_round": ["cut", "FedFT"],
+        "client_flops_per_round": ["cut", "SplitFed", "FedFT"],
+    }
+    lines = bench.front_lines(rows)
+    assert (
+        lines[0]
+        == "Pareto front, accuracy vs MB/round: cut (0.750, 310 MB) -> FedFT (0.830, 720 MB)"
+    )
+    assert lines[1].endswith("SplitFed (0.780, 315 GFLOPs) -> FedFT (0.830, 950 GFLOPs)")
