@@ -222,6 +222,9 @@ class SplitConfig(_Section):
     train_tail: bool = True
     compress: Literal["none", "fp16"] = "none"  # dtype of activations/gradients on the wire
     split_training: bool = True  # the phase through the server body (off: local-loss only)
+    # the pretrained encoder weights the client trains (embeddings, its blocks, pooler or final
+    # norm) step at this rate; the prompts and the task head at train.lr. null: train.lr for all
+    encoder_lr: float | None = Field(None, gt=0)
 
 
 class ServerConfig(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,10 @@ def _aligned(
     return [torch.from_numpy(np.asarray(by_name[n])).to(p.device, p.dtype) for n, p in named]
 
 
-def make_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[torch.nn.Parameter] | list[dict[str, Any]], spec: TrainSpec
+) -> torch.optim.Optimizer:
+    """`spec`'s optimizer over `params` (tensors, or groups whose own "lr" overrides spec.lr)."""
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)

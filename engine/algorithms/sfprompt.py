@@ -45,6 +45,7 @@ def split_plan(cfg: RunConfig) -> SplitPlan:
         local_epochs=cfg.local_loss.epochs,
         split_training=s.split_training,
         body_trains=cfg.server.train_body,
+        encoder_lr=s.encoder_lr,
     )
 
 

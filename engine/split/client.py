@@ -19,7 +19,13 @@ from engine.device import Placement, device_peak_bytes
 from engine.ledger import serialize_state
 from engine.methods import count_parameters, load_trainable_state, trainable_state
 from engine.pruning import keep_hardest, keep_hardest_per_class, keep_random, score_batch
-from engine.split.model import ClientModel, SplitSpec, set_trainable, split_model
+from engine.split.model import (
+    ClientModel,
+    SplitSpec,
+    param_groups,
+    set_trainable,
+    split_model,
+)
 from engine.split.wire import pack, unpack
 from engine.train import (
     TrainResult,
@@ -61,6 +67,7 @@ class SplitPlan:
     local_epochs: int = 1
     split_training: bool = True
     body_trains: bool = False  # the server trains its body (SplitFed): gradients must go up
+    encoder_lr: float | None = None  # the client's pretrained encoder weights (None: train.lr)
 
     def split_spec(self) -> SplitSpec:
         return SplitSpec(self.head_layers, self.tail_layers, self.prompt_length)
@@ -113,7 +120,7 @@ class SplitClientRuntime:
         torch.manual_seed(task.seed)
         run = _Run(task.round, task.client_id, Counter(), {"flops": 0.0, "act": 0})
         kept = self._prune(task.rows, rng, run)
-        opt = make_optimizer(self.params, task.spec)
+        opt = make_optimizer(param_groups(self.model, self.plan.encoder_lr), task.spec)
         # FedProx: the tensors the client trains are pulled towards the global ones it received
         anchor = [p.detach().clone() for p in self.params] if task.spec.prox_mu else []
         local_losses: list[float] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -241,6 +242,30 @@ def split_model(model: nn.Module, spec: SplitSpec) -> tuple[ClientModel, Body]:
     check_split(model, spec, None)
     body = Body(nn.ModuleList(blocks[spec.head_layers : n - spec.tail_layers]))
     return ClientModel(model, spec), body
+
+
+# The client's parts that come from the pretrained encoder; the rest is the prompt and the task
+# head the model adds on top (classifier, DistilBERT's pre_classifier, ...), freshly initialised.
+ENCODER_PREFIXES = (
+    "embeddings.",
+    "embeddings_project.",
+    "head_blocks.",
+    "tail_blocks.",
+    "final.pooler.",  # BERT-style pooler (text)
+    "final.layernorm.",  # ViT's final norm
+)
+
+
+def param_groups(client: ClientModel, encoder_lr: float | None) -> list[dict[str, Any]]:
+    """The client's trainable tensors as optimizer groups: with `encoder_lr`, the pretrained encoder
+    weights in a group of their own at that rate (the others take the optimizer's rate)."""
+    trainable = [(n, p) for n, p in client.named_parameters() if p.requires_grad]
+    if encoder_lr is None:
+        return [{"params": [p for _, p in trainable]}]
+    encoder = [p for n, p in trainable if n.startswith(ENCODER_PREFIXES)]
+    rest = [p for n, p in trainable if not n.startswith(ENCODER_PREFIXES)]
+    groups = [{"params": rest}] if rest else []
+    return groups + ([{"params": encoder, "lr": encoder_lr}] if encoder else [])
 
 
 def set_trainable(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from engine.algorithms.sfprompt import build_body
 from engine.client import ClientTask, WorkerSpec
 from engine.data.batching import Encoded, collate
+from engine.ledger import deserialize_state
 from engine.pruning import el2n, keep_hardest
 from engine.split.client import SplitClientRuntime, SplitPlan, _Run
 from engine.split.server import BodyRuntime, LocalLink, ServerSpec
@@ -166,3 +167,33 @@ def test_a_round_is_deterministic_and_counts_split_traffic():
         "down/gradients",
     }
     assert a.blob != blob  # prompts and tail moved
+
+
+def test_encoder_lr_steps_the_tail_block_at_its_own_rate():
+    """AdamW moves each weight by about its group's rate per step: at encoder_lr 1e-9 the tail block
+    barely moves while the prompt and the classifier move at train.lr (1e-2)."""
+
+    def moved(encoder_lr: float | None) -> dict[str, float]:
+        plan = SplitPlan(tail_layers=1, prompt_length=4, prune=False, encoder_lr=encoder_lr)
+        rt, _ = _runtime(plan)
+        blob = rt.initial_state()
+        before, after = (
+            deserialize_state(blob),
+            deserialize_state(rt.train_client(_task(np.arange(8)), blob).blob),
+        )
+        out: dict[str, float] = {}
+        for name, value in after.items():
+            part = (
+                "tail"
+                if name.startswith("tail_blocks.")
+                else name.split(".")[-2]
+                if "." in name
+                else name
+            )
+            out[part] = max(out.get(part, 0.0), float(np.abs(value - before[name]).max()))
+        return out
+
+    same, own = moved(None), moved(1e-9)
+    assert same["tail"] > 1e-3  # train.lr on every tensor: the block moves by ~1e-2 per step
+    assert own["tail"] < 1e-7  # local loss 1 epoch (2 steps) + 2 split steps at ~1e-9 each
+    assert own["prompt"] > 1e-3 and own["classifier"] > 1e-3

@@ -12,7 +12,7 @@ from transformers import (
 from engine.errors import ConfigError
 from engine.models import TINY_MODELS
 from engine.pooling import use_mean_pooling
-from engine.split.model import SplitSpec, check_split, set_trainable, split_model
+from engine.split.model import SplitSpec, check_split, param_groups, set_trainable, split_model
 
 
 def _bert(layers: int = 4) -> torch.nn.Module:
@@ -115,6 +115,53 @@ def test_trainable_parts():
     names = {n for n, _ in set_trainable(client, train_head=True, train_tail=False)}
     assert any(n.startswith("head_blocks.0.") for n in names)
     assert not any(n.startswith(("tail_blocks.", "final.")) for n in names)
+
+
+def _group_names(client, encoder_lr):
+    names = {id(p): n for n, p in client.named_parameters()}
+    return [
+        ({names[id(p)] for p in g["params"]}, g.get("lr")) for g in param_groups(client, encoder_lr)
+    ]
+
+
+def test_encoder_lr_puts_the_pretrained_weights_in_a_group_of_their_own():
+    client, _ = split_model(_bert(), SplitSpec(1, 1, 4))  # BERT's own pooler: not mean-pooled
+    trainable = {n for n, _ in set_trainable(client, train_head=True, train_tail=True)}
+    assert _group_names(client, None) == [(trainable, None)]  # one group at the optimizer's rate
+    (rest, rest_lr), (encoder, lr) = _group_names(client, 1e-4)
+    assert (
+        rest == {"prompt", "final.classifier.weight", "final.classifier.bias"} and rest_lr is None
+    )
+    assert encoder == trainable - rest and lr == 1e-4
+    assert {n.split(".")[0] for n in encoder} == {
+        "embeddings",
+        "head_blocks",
+        "tail_blocks",
+        "final",
+    }
+    assert {n for n in encoder if n.startswith("final.")} == {
+        "final.pooler.dense.weight",
+        "final.pooler.dense.bias",
+    }
+    # frozen parts are in no group; a client that trains no encoder weight has one group (a
+    # zero-block cut whose pooler is the mean)
+    set_trainable(client, train_head=False, train_tail=True)
+    (_, _), (encoder, _) = _group_names(client, 1e-4)
+    assert {n.split(".")[0] for n in encoder} == {"tail_blocks", "final"}
+    mean = _bert()
+    assert use_mean_pooling(mean)  # the pooler becomes a parameter-free mean
+    zero, _ = split_model(mean, SplitSpec(0, 0, 4))
+    set_trainable(zero, train_head=False, train_tail=True)
+    head = {"prompt", "final.classifier.weight", "final.classifier.bias"}
+    assert _group_names(zero, 1e-4) == [(head, None)]
+
+
+def test_a_vits_final_norm_is_an_encoder_weight():
+    client, _ = split_model(_vit(), SplitSpec(0, 1, 2))
+    set_trainable(client, train_head=False, train_tail=True)
+    (rest, _), (encoder, _) = _group_names(client, 1e-4)
+    assert rest == {"prompt", "final.classifier.weight", "final.classifier.bias"}
+    assert {"final.layernorm.weight", "final.layernorm.bias"} <= encoder
 
 
 def test_bad_splits_name_the_key():
