@@ -68,7 +68,9 @@ ROWS: dict[str, list[str]] = {
     # The cut with no block on the client: head = embeddings + prompts, tail = classifier.
     "SFPrompt zero-block cut": ["split.head_layers=0", "split.tail_layers=0"],
     # SplitFed: the same split, no prompts; the client trains its head and tail, the server its body.
+    # One client rate (the tuned train.lr) for all its weights, as FedFT's.
     "SplitFed": [
+        "split.encoder_lr=null",
         "split.prompt_length=0",
         "split.train_head=true",
         "server.train_body=true",
