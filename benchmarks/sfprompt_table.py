@@ -362,9 +362,10 @@ def fronts(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 def front_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per cost: the front's rows as name (accuracy, cost), cheapest first."""
     by_name = {r["name"]: r for r in rows}
+    front = fronts(rows)
     lines = []
     for key, label, scale, unit in COSTS:
-        names = fronts(rows)[key]
+        names = front[key]
         points = [
             f"{n} ({by_name[n]['accuracy']:.3f}, {by_name[n][key] / scale:.3g} {unit})"
             for n in names

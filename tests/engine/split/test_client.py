@@ -182,14 +182,8 @@ def test_encoder_lr_steps_the_tail_block_at_its_own_rate():
             deserialize_state(rt.train_client(_task(np.arange(8)), blob).blob),
         )
         out: dict[str, float] = {}
-        for name, value in after.items():
-            part = (
-                "tail"
-                if name.startswith("tail_blocks.")
-                else name.split(".")[-2]
-                if "." in name
-                else name
-            )
+        for name, value in after.items():  # the largest move per part: tail, prompt, classifier
+            part = "tail" if name.startswith("tail_blocks.") else name.split(".")[-2:][0]
             out[part] = max(out.get(part, 0.0), float(np.abs(value - before[name]).max()))
         return out
 
