@@ -4,6 +4,7 @@ bytes crossover between split traffic (grows with samples) and FedFT traffic (gr
     Table (~50 min on 2 cores):    .venv/bin/python benchmarks/sfprompt_table.py
     Tuned, 3 seeds (~4 h):         .venv/bin/python benchmarks/sfprompt_table.py --only table --tune --seeds 3
     Crossover only (~5 min):       .venv/bin/python benchmarks/sfprompt_table.py --only crossover
+                                   (writes sfprompt_crossover.json/.md beside a table's sfprompt_table.*)
     Machinery check (~2 min):      .venv/bin/python benchmarks/sfprompt_table.py --smoke
 Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
          --resume benchmarks/out/sfprompt_table_runs/STAMP (continue a stopped run: finished runs and
@@ -374,6 +375,13 @@ def front_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def output_stem(args: argparse.Namespace) -> str:
+    """The name of the JSON and Markdown written to --out (and of its runs folder): a crossover-only
+    run writes its own, so it never overwrites a table measured into the same --out."""
+    kind = "crossover" if args.only == "crossover" else "table"
+    return f"sfprompt_{kind}" + ("_smoke" if args.smoke else "")
+
+
 def _pm(row: dict[str, Any], key: str) -> str:
     return pm(row[key], row[key + "_std"], len(row["seeds"]))
 
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.smoke:
         args.rounds = 2  # what SMOKE_OVERRIDES run
-    stem = "sfprompt_table" + ("_smoke" if args.smoke else "")
+    stem = output_stem(args)
     out = Path(args.out)
     root = (
         Path(args.resume) if args.resume else out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")

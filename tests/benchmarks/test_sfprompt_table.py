@@ -109,3 +109,20 @@ def test_the_fronts_keep_the_rows_no_other_row_beats_on_accuracy_and_cost() -> N
         == "Pareto front, accuracy vs MB/round: cut (0.750, 310 MB) -> FedFT (0.830, 720 MB)"
     )
     assert lines[1].endswith("SplitFed (0.780, 315 GFLOPs) -> FedFT (0.830, 950 GFLOPs)")
+
+
+def test_a_crossover_only_run_never_overwrites_the_tables_output() -> None:
+    stems = {
+        argv: bench.output_stem(bench.parse_args(list(argv)))
+        for argv in [
+            (),
+            ("--only", "table"),
+            ("--only", "crossover"),
+            ("--smoke",),
+            ("--only", "crossover", "--smoke"),
+        ]  # fmt: skip
+    }
+    assert stems[()] == stems[("--only", "table")] == "sfprompt_table"
+    assert stems[("--only", "crossover")] == "sfprompt_crossover"
+    assert stems[("--smoke",)] == "sfprompt_table_smoke"
+    assert stems[("--only", "crossover", "--smoke")] == "sfprompt_crossover_smoke"
