@@ -120,7 +120,7 @@ def test_a_crossover_only_run_never_overwrites_the_tables_output() -> None:
             ("--only", "crossover"),
             ("--smoke",),
             ("--only", "crossover", "--smoke"),
-        ]  # fmt: skip
+        ]
     }
     assert stems[()] == stems[("--only", "table")] == "sfprompt_table"
     assert stems[("--only", "crossover")] == "sfprompt_crossover"
