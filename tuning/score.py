@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+TUNE_SCORE = "score"  # the key of a trial's running score in what it reports to Tune
+
 
 def score(values: Sequence[float], window: int) -> float | None:
     """The mean of the last `window` values, in round order (all of them when a trial reported
@@ -23,6 +25,12 @@ def score(values: Sequence[float], window: int) -> float | None:
 def score_name(metric: str, window: int) -> str:
     """The score in words: 'final eval/accuracy', or 'eval/accuracy (mean of last 2)'."""
     return f"final {metric}" if window == 1 else f"{metric} (mean of last {window})"
+
+
+def tune_metric(metric: str, window: int) -> str:
+    """What Tune (and so ASHA) ranks trials by: the metric itself with a window of 1, else the
+    trial's running score, so that early stopping ranks trials as the sweep's results do."""
+    return metric if window == 1 else TUNE_SCORE
 
 
 def row_score(row: Mapping[str, Any]) -> Any:

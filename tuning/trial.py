@@ -12,7 +12,8 @@ from engine.algorithms import get_algorithm
 from engine.clock import assign_profiles
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.rundir import CONFIG
+from engine.rundir import CONFIG, read_metrics
+from tuning.score import TUNE_SCORE, score
 from tuning.sweep import SweepConfig, trial_config
 
 RUN = "run"  # the trial's fedray run directory, under the trial's folder
@@ -88,14 +89,40 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, sweep_dir: str) -> Non
     run_dir = Path(sweep_dir) / "trials" / trial_id / RUN
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     (run_dir.parent / "params.json").write_text(json.dumps(params, indent=1) + "\n")
-    latest: dict[str, Any] = {}
+    reports = TuneReports(sweep, run_dir)
 
     def report(record: dict[str, Any]) -> None:
-        latest.update(record)
-        if sweep.metric in record:  # ASHA compares trials on evaluation rounds
-            tune.report({**latest, "round": record["round"]})
+        out = reports(record)
+        if out is not None:
+            tune.report(out)
 
     if (run_dir / CONFIG).is_file():  # a restored sweep: the run continues from its checkpoint
         resume_run(run_dir, on_round=report)  # (or from round 1 when none finished)
     else:
         start_run(cfg, out=str(run_dir), on_round=report)
+
+
+class TuneReports:
+    """What a trial tells Tune after each round: nothing but on evaluation rounds (ASHA compares
+    trials there), then the latest value of every series and, with a score window over 1, the
+    running score (the mean of the metric's last `score_window` values so far), which Tune ranks
+    by (tune_metric). A resumed trial starts from the values its run directory already holds."""
+
+    def __init__(self, sweep: SweepConfig, run_dir: Path) -> None:
+        self.metric, self.window = sweep.metric, sweep.score_window
+        self.latest: dict[str, Any] = {}
+        self.values = {
+            r["round"]: r[self.metric] for r in read_metrics(run_dir) if self.metric in r
+        }
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        self.latest.update(record)
+        if self.metric not in record:
+            return None
+        now = record["round"]
+        self.values[now] = record[self.metric]  # a resumed round replaces its value
+        out = {**self.latest, "round": now}
+        if self.window > 1:
+            so_far = [self.values[r] for r in sorted(self.values) if r <= now]
+            out[TUNE_SCORE] = score(so_far, self.window)
+        return out

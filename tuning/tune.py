@@ -14,6 +14,7 @@ from actors.cluster import init_ray
 from engine.errors import ConfigError
 from engine.rundir import new_run_dir
 from tuning.results import collect, write_results
+from tuning.score import tune_metric
 from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space, with_seeds
 from tuning.trial import run_trial, trial_bundles
 
@@ -105,7 +106,7 @@ def _run(
                 trainable,
                 param_space=search_space(sweep),
                 tune_config=tune.TuneConfig(
-                    metric=sweep.metric,
+                    metric=tune_metric(sweep.metric, sweep.score_window),
                     mode=sweep.mode,
                     num_samples=sweep.num_samples,
                     scheduler=_scheduler(sweep),

@@ -51,6 +51,10 @@ def test_every_setting_runs_once_per_seed_on_the_validation_rows(sweep_dir: Path
         ]
         assert len(evals) == 2 and r["final"] == evals[-1]
         assert r["score"] == pytest.approx((evals[0] + evals[1]) / 2)  # score_window: 2
+        # what Tune (ASHA's metric) saw after each evaluation: the running score, not the value
+        told = (sweep_dir / "tune" / r["trial_id"] / "result.json").read_text().splitlines()
+        running = [json.loads(line)["score"] for line in told]
+        assert running == pytest.approx([evals[0], r["score"]])
 
 
 def test_settings_are_the_mean_and_std_of_their_seeds(sweep_dir: Path) -> None:
