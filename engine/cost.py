@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,31 @@ class StepCost:
 
     flops: float
     activation_bytes: int
+
+
+class FlopCount(TorchDispatchMode):
+    """The FLOPs of the ops run inside it, by torch's own per-op formulas (`flop_registry`, forward
+    and backward ops alike); every op runs exactly as it would without the mode.
+
+    torch.utils.flop_counter.FlopCounterMode counts by the same formulas, but it first decomposes
+    each op missing from them: silu_backward (Llama's and Qwen's MLPs) then ran as primitive ops
+    that round differently, a measured step's gradients differed in their last bits from the same
+    step unmeasured, and a run's numbers hung on which batch shapes its workers had measured before
+    (a resumed run, another worker count). An op without a formula counts 0 here, as elementwise
+    ops do there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 class _SavedTensorCounter:
@@ -48,7 +74,7 @@ class _SavedTensorCounter:
 
 
 class StepCostMeter:
-    """Counts FLOPs (torch.utils.flop_counter.FlopCounterMode, forward + backward) and the bytes of
+    """Counts FLOPs (FlopCount, forward + backward) and the bytes of
     tensors saved for backward (torch.autograd.graph.saved_tensors_hooks, unique storages counted
     once) for a training step, measured once per distinct batch shape key and cached, so
     steady-state steps run without instrumentation.
@@ -64,7 +90,7 @@ class StepCostMeter:
         self._cache: dict[Hashable, StepCost] = {}
         self._flops = QuadraticFit()  # per-sample FLOPs vs length (exactly linear in batch size)
         self._bytes: dict[int, QuadraticFit] = {}  # saved bytes vs length, per batch size
-        self.instrumented_steps = 0  # how many steps ran under FlopCounterMode
+        self.instrumented_steps = 0  # how many steps ran under FlopCount
 
     def measure(self, key: Hashable, step_fn: Callable[[], Any]) -> tuple[Any, StepCost]:
         """Run `step_fn` (forward + backward), instrumented only if `key` is unseen; (result, cost).
@@ -93,12 +119,12 @@ class StepCostMeter:
             return result, cost
         counter = _SavedTensorCounter(self._excluded)
         with (
-            FlopCounterMode(display=False) as flop_mode,
+            FlopCount() as flop_mode,
             torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack),
         ):
             result = step_fn()
         self.instrumented_steps += 1
-        cost = StepCost(flops=float(flop_mode.get_total_flops()), activation_bytes=counter.nbytes)
+        cost = StepCost(flops=float(flop_mode.flops), activation_bytes=counter.nbytes)
         self._cache[key] = cost
         if shape:
             b, t = key
@@ -146,10 +172,10 @@ class QuadraticFit:
 
 
 def forward_cost(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Run a forward-only (eval/inference) step under FlopCounterMode: (result, FLOPs)."""
-    with FlopCounterMode(display=False) as flop_mode:
+    """Run a forward-only (eval/inference) step under FlopCount: (result, FLOPs)."""
+    with FlopCount() as flop_mode:
         result = fn()
-    return result, float(flop_mode.get_total_flops())
+    return result, float(flop_mode.flops)
 
 
 def memory_estimate(

@@ -196,15 +196,10 @@ def test_proxy_from_clients_resumes_exactly_with_its_memory(monkeypatch_module, 
     expected = _stable(_records(whole))
     shutil.rmtree(whole / "checkpoints" / "round_00002")  # as if killed during round 2's save
     resume_run(whole, backend=LocalBackend())  # round 2 again, from round 1's state and memory
-    got = _stable(_records(whole))
-    # Everything equal, the states and so every evaluation included; the mean distillation loss of
-    # a resumed round differs by ~1e-5 relative (with proxy_from: global too: not the memory), and
-    # the norm of that round's aggregate minus the global state by ~1e-8 relative.
-    near = {"server/distill_loss": 1e-4, "server/delta_norm": 1e-6}
-    for key, rel in near.items():
-        assert [r[key] for r in got] == pytest.approx([r[key] for r in expected], rel=rel)
-    drop = lambda rs: [{k: v for k, v in r.items() if k not in near} for r in rs]  # noqa: E731
-    assert drop(got) == drop(expected)
+    # Every record equal to the last bit, the distillation loss and the aggregate's norm included:
+    # a client's first step of a batch shape is measured (engine.cost.FlopCount) and must train as
+    # the same step unmeasured, whichever worker had measured that shape before the resume.
+    assert _stable(_records(whole)) == expected
 
 
 def test_samples_of_a_direct_run_continue_fedpts_prompts_and_share_its_base(

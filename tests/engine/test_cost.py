@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import engine.cost
-from engine.cost import StepCost, StepCostMeter, forward_cost, memory_estimate
+from engine.cost import FlopCount, StepCost, StepCostMeter, forward_cost, memory_estimate
 
 B, IN, OUT = 4, 3, 5
 
@@ -37,11 +37,11 @@ def test_linear_flops_with_input_grad() -> None:
     assert cost.flops == 3 * (2 * B * IN * OUT)
 
 
-def _mlp_and_step(freeze_first: bool = False):
+def _mlp_and_step(freeze_first: bool = False, act: type[nn.Module] = nn.ReLU, rows: int = B):
     torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Linear(IN, OUT), nn.ReLU(), nn.Linear(OUT, 2))
+    mlp = nn.Sequential(nn.Linear(IN, OUT), act(), nn.Linear(OUT, 2))
     mlp[0].requires_grad_(not freeze_first)
-    x = torch.randn(B, IN)
+    x = torch.randn(rows, IN)
 
     def step() -> torch.Tensor:
         loss = mlp(x).sum()
@@ -74,10 +74,11 @@ def test_frozen_first_layer_saves_less() -> None:
     assert cost.flops == 2 * B * IN * OUT + 2 * (2 * B * OUT * 2)
 
 
-def test_instrumentation_does_not_change_numerics() -> None:
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU])  # SiLU: FlopCounterMode decomposed its backward
+def test_instrumentation_does_not_change_numerics(act: type[nn.Module]) -> None:
     results = []
     for instrumented in (False, True):
-        mlp, step = _mlp_and_step()
+        mlp, step = _mlp_and_step(act=act, rows=4096)
         loss = StepCostMeter(mlp.parameters()).measure("k", step)[0] if instrumented else step()
         results.append((loss, [p.grad.clone() for p in mlp.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
@@ -87,13 +88,13 @@ def test_instrumentation_does_not_change_numerics() -> None:
 
 def test_cache_hit_runs_without_instrumentation(monkeypatch: pytest.MonkeyPatch) -> None:
     modes = []
-    real_mode = engine.cost.FlopCounterMode
+    real_mode = engine.cost.FlopCount
 
     def counting_mode(*args, **kwargs):
         modes.append(1)
         return real_mode(*args, **kwargs)
 
-    monkeypatch.setattr(engine.cost, "FlopCounterMode", counting_mode)
+    monkeypatch.setattr(engine.cost, "FlopCount", counting_mode)
     calls = []
     lin = nn.Linear(IN, OUT, bias=False)
     meter = StepCostMeter(lin.parameters())
@@ -114,6 +115,57 @@ def test_cache_hit_runs_without_instrumentation(monkeypatch: pytest.MonkeyPatch)
     assert c1 == c2 == StepCost(flops=4 * B * IN * OUT, activation_bytes=B * IN * 4)
     assert c3.flops == 2 * c1.flops and meter.cached((2 * B, IN)) == c3
     assert meter.cached("unseen") is None
+
+
+def _tiny(kind: str) -> tuple[nn.Module, dict]:
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    size = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 500}  # fmt: skip
+    ids = torch.randint(0, 500, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, 15:] = 0
+    if kind == "llama":  # SiLU MLPs, grouped-query attention
+        model = LlamaForCausalLM(LlamaConfig(**size, num_key_value_heads=2))
+        return model, {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    model = BertForSequenceClassification(BertConfig(**size, hidden_dropout_prob=0.0))
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_a_measured_transformer_step_counts_as_torch_and_trains_as_unmeasured(kind: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, batch = _tiny(kind)
+    params = list(model.parameters())
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    plain = step()
+    with FlopCounterMode(display=False) as torch_mode:
+        step()
+    measured, cost = StepCostMeter(params).measure((3, 20), step)
+    assert cost.flops == torch_mode.get_total_flops() > 0  # the same formulas, the same ops
+    assert torch.equal(measured[0], plain[0])
+    assert all(torch.equal(a, b) for a, b in zip(measured[1], plain[1], strict=True))
+
+
+def test_flop_count_runs_ops_as_they_are() -> None:
+    x = torch.randn(64, 64)
+    with FlopCount() as mode:
+        y = x @ x
+    assert mode.flops == 2 * 64**3 and torch.equal(y, x @ x)
 
 
 def test_forward_cost() -> None:
