@@ -124,6 +124,25 @@ def ties(best: dict, entries: list[dict], key: str) -> int:
     return sum(e is not best and e.get(key) == best[key] for e in entries)
 
 
+def grid_edges(sweep: SweepConfig, params: dict[str, Any]) -> dict[str, str]:
+    """The numeric grid axes (3 values or more) on which `params` (the best trial's or setting's)
+    took the grid's largest or smallest value: {axis: "largest" | "smallest"}. There the best
+    may lie beyond the grid."""
+    out = {}
+    for key, spec in sweep.space.items():
+        values = spec.get("grid")
+        numeric = values is not None and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        )
+        if not numeric or len(set(values)) < 3 or key not in params:
+            continue
+        if params[key] == max(values):
+            out[key] = "largest"
+        elif params[key] == min(values):
+            out[key] = "smallest"
+    return out
+
+
 def write_results(
     sweep: SweepConfig, base: RunConfig, sweep_dir: Path, rows: list[dict], wall_s: float
 ) -> str:
@@ -136,6 +155,11 @@ def write_results(
     groups = settings(sweep, rows) if sweep.seeds else None
     if groups is not None:
         data["settings"] = groups
+        best = best_setting(sweep, groups)
+    else:
+        best = best_row(sweep, rows)
+    edges = grid_edges(sweep, best["params"]) if best is not None else {}
+    data["best_at_grid_edge"] = edges
     atomic_write(sweep_dir / RESULTS, json.dumps(data, indent=1) + "\n")
     tmp = sweep_dir / "results.csv.tmp"
     with tmp.open("w", newline="") as fh:
@@ -148,9 +172,6 @@ def write_results(
     table = markdown(sweep, rows)
     if groups is not None:
         table += "\n" + settings_markdown(sweep, groups)
-        best = best_setting(sweep, groups)
-    else:
-        best = best_row(sweep, rows)
     if best is not None:
         name = score_name(sweep.metric, sweep.score_window)
         if groups is not None:  # the setting's params hold no seed: best.yaml has the base one
@@ -172,6 +193,11 @@ def write_results(
                 f"note: {tied} other {'setting' if groups is not None else 'trial'}(s) tie with it "
                 "(the first listed is kept); a wider score_window, another metric (eval/macro_f1, "
                 "eval/loss) or more rounds may tell them apart\n"
+            )
+        for key, side in edges.items():
+            table += (
+                f"note: the best {key}, {best['params'][key]}, is the {side} value of its grid: "
+                f"the best may lie beyond it; extend the grid past it\n"
             )
     atomic_write(sweep_dir / "results.md", table)
     print(table, flush=True)

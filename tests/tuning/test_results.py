@@ -11,6 +11,7 @@ import yaml
 from tuning.results import (
     best_row,
     best_setting,
+    grid_edges,
     settings,
     settings_markdown,
     trial_row,
@@ -139,3 +140,29 @@ def test_results_name_a_best_trial_tied_with_others(tmp_path: Path, scores, note
     assert ("note: 1 other trial(s) tie with it" in table) == bool(note)
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert best["train"]["lr"] == first["params"]["train.lr"]
+
+
+@pytest.mark.parametrize(
+    ("scores", "edge"),
+    [((0.4, 0.5, 0.3), None), ((0.4, 0.3, 0.5), "largest"), ((0.5, 0.3, 0.4), "smallest")],
+)
+def test_results_say_when_the_best_sits_at_an_edge_of_its_grid(tmp_path, scores, edge) -> None:
+    base = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    lrs = (1e-3, 2e-3, 3e-3)
+    sweep = SweepConfig(base=str(base), space={"train.lr": {"grid": list(lrs)}})
+    rows = [_full(f"t{i}", lr, s) for i, (lr, s) in enumerate(zip(lrs, scores, strict=True))]
+    table = write_results(sweep, None, tmp_path, rows, 1.0)
+    best_lr = lrs[scores.index(max(scores))]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["best_at_grid_edge"] == ({"train.lr": edge} if edge else {})
+    note = f"note: the best train.lr, {best_lr}, is the {edge} value of its grid"
+    assert (note in table) == bool(edge) and ("of its grid" in table) == bool(edge)
+
+
+def test_only_numeric_grids_of_three_or_more_have_edges() -> None:
+    space = {"train.lr": {"grid": [1e-3, 2e-3]}, "method.name": {"grid": ["lora", "ia3", "bitfit"]},
+             "method.r": {"grid": [2, 4, 8]}, "train.batch_size": {"choice": [8, 16, 32]}}  # fmt: skip
+    sweep = SweepConfig(base="x.yaml", space=space)
+    best = {"train.lr": 2e-3, "method.name": "bitfit", "method.r": 2, "train.batch_size": 32}
+    assert grid_edges(sweep, best) == {"method.r": "smallest"}
+    assert grid_edges(sweep, {**best, "method.r": 4}) == {}
