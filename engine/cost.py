@@ -74,10 +74,10 @@ class _SavedTensorCounter:
 
 
 class StepCostMeter:
-    """Counts FLOPs (FlopCount, forward + backward) and the bytes of
-    tensors saved for backward (torch.autograd.graph.saved_tensors_hooks, unique storages counted
-    once) for a training step, measured once per distinct batch shape key and cached, so
-    steady-state steps run without instrumentation.
+    """Counts FLOPs (FlopCount, forward + backward) and the bytes of tensors saved for backward
+    (torch.autograd.graph.saved_tensors_hooks, unique storages counted once) for a training step,
+    measured once per distinct batch shape key and cached, so steady-state steps run without
+    instrumentation (and an instrumented step trains exactly as one without).
 
     `params`: tensors whose storages are weights, not activations (e.g. `model.parameters()`); a
     saved weight (Linear saves W.T to compute the input gradient) is then not counted as activation.

@@ -196,8 +196,8 @@ def write_results(
             )
         for key, side in edges.items():
             table += (
-                f"note: the best {key}, {best['params'][key]}, is the {side} value of its grid: "
-                f"the best may lie beyond it; extend the grid past it\n"
+                f"note: the best {key}, {best['params'][key]}, is the {side} value of its grid; "
+                "the optimum may lie past it: extend the grid\n"
             )
     atomic_write(sweep_dir / "results.md", table)
     print(table, flush=True)
