@@ -11,8 +11,9 @@ Options: --methods full,lora --partitions dir1.0 --rounds 6 --lr adapter=5e-3 --
 TUNE_FACTORS (around --lr, the table's rate or the method's default), evaluated on a validation split of
 10% of the training rows that no client trains on (data.validation_fraction, eval.split: validation)
 every TUNE_EVERY rounds; the best mean validation accuracy of a trial's last TUNE_WINDOW evaluations
-wins (final evaluations tie at the majority class under label skew), and the cell then runs at that
-rate with seeds 1..N on the test split, the same share held out (drawn by each run's seed). The
+wins (final evaluations tie at the majority class under label skew); while the winner is the largest
+(smallest) rate tried, one more trial x EDGE_STEP further out, up to EDGE_STEPS; the cell then runs at
+the best rate with seeds 1..N on the test split, the same share held out (drawn by each run's seed). The
 centralized baseline (a Ray Train job) keeps its rate. Without --tune every cell runs at its rate
 with seeds 0..N-1. --seeds N > 1 reports mean +- std.
 """
@@ -40,7 +41,7 @@ from harness import (  # noqa: E402
     run_config,
     sweep_file,
     table_seeds,
-    tune,
+    tune_scored,
 )
 
 offline()
@@ -67,6 +68,9 @@ CENTRAL_LABEL = "any (union)"
 # Every other method uses its default.
 TABLE_LRS = {"lora": 2e-3, "full": 5e-5, "prefix": 1e-2}
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: the rates tried, as multiples of the cell's rate
+# --tune: while the best rate is the largest (smallest) tried, one more trial a factor of 3 further
+# out, at most EDGE_STEPS times: a best on the grid's edge may lie past it.
+EDGE_STEP, EDGE_STEPS = 3.0, 2
 # --tune scores a trial by its last TUNE_WINDOW validation evaluations, every TUNE_EVERY rounds
 # (rounds 6 and 8 of 8): under label skew the final evaluations tie at the majority class (as in
 # benchmarks/strategies.py).
@@ -190,10 +194,26 @@ def cell_sweep(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> Pat
     """The sweep that tunes a cell's rate: lr x TUNE_FACTORS (lr alone in --smoke), seed 0, scored
     by the mean validation accuracy of its last TUNE_WINDOW evaluations, every TUNE_EVERY rounds
     (the final one alone in --smoke; `raw` holds data.validation_fraction)."""
+    rates = [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
+    return rate_sweep(raw, rates, folder, raw["name"], smoke)
+
+
+def edge_sweep(raw: dict[str, Any], lr: float, folder: Path, step: int) -> Path:
+    """The cell's `step`-th sweep past its grid's edge: the one rate `lr`, scored as cell_sweep's."""
+    return rate_sweep(raw, [lr], folder, f"{raw['name']}-edge{step}", False)
+
+
+def _rate(lr: float) -> float:
+    return float(f"{lr:.3g}")
+
+
+def rate_sweep(
+    raw: dict[str, Any], rates: list[float], folder: Path, name: str, smoke: bool
+) -> Path:
+    """The sweep file `name` over `rates` (see cell_sweep), its base config beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     base = folder / f"{raw['name']}.base.yaml"
     base.write_text(yaml.safe_dump(raw, sort_keys=False))
-    rates = [lr] if smoke else [float(f"{lr * f:.3g}") for f in TUNE_FACTORS]
     grid = {"method.lr": {"grid": rates}}
     fixed: dict[str, Any] = {"seed": 0}
     window = 1
@@ -201,12 +221,37 @@ def cell_sweep(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> Pat
         fixed["eval.every"] = TUNE_EVERY
         tuned = validate_config({**raw, "eval": {**raw.get("eval", {}), "every": TUNE_EVERY}})
         window = min(TUNE_WINDOW, reports(tuned, "eval/accuracy"))  # one under --rounds 2
-    return sweep_file(folder, raw["name"], base, fixed, grid, "eval/accuracy", window)
+    return sweep_file(folder, name, base, fixed, grid, "eval/accuracy", window)
 
 
-def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> float:
-    """The cell's best rate (the sweep is read back or resumed if `folder` already holds it)."""
-    return tune(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])["method.lr"]
+def past_edge(best: float, rates: list[float]) -> float | None:
+    """The next rate to try when `best` is the largest or smallest of `rates` (EDGE_STEP further
+    out), else None."""
+    if best == max(rates):
+        return _rate(best * EDGE_STEP)
+    if best == min(rates):
+        return _rate(best / EDGE_STEP)
+    return None
+
+
+def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> tuple[float, list]:
+    """The cell's best rate and every rate tried: cell_sweep, then while the best is on an edge of
+    the rates tried, one edge_sweep further out (at most EDGE_STEPS; a rate past the edge must
+    score higher to win). Each sweep is read back or resumed if `folder` already holds it."""
+    params, score = tune_scored(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])
+    best = params["method.lr"]
+    rates = [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
+    for step in range(1, (0 if smoke else EDGE_STEPS) + 1):  # --smoke: its one rate
+        nxt = past_edge(best, rates)
+        if nxt is None:
+            break
+        path = edge_sweep(raw, nxt, folder, step)
+        _, nxt_score = tune_scored(path, folder / f"{raw['name']}-edge{step}")
+        rates.append(nxt)
+        if nxt_score <= score:
+            break
+        best, score = nxt, nxt_score
+    return best, sorted(rates)
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
@@ -336,11 +381,14 @@ def run_grid(args: argparse.Namespace, base: dict[str, Any], runs_root: Path) ->
             if args.tune:
                 raw.setdefault("data", {})["validation_fraction"] = VALIDATION
                 if method != "centralized":
-                    lr = raw["method"]["lr"] = tune_cell(raw, lr, runs_root / "sweeps", args.smoke)
-                    _progress(f"[{i}/{len(cells)}] tuned lr {lr:g}")
+                    lr, tried = tune_cell(raw, lr, runs_root / "sweeps", args.smoke)
+                    raw["method"]["lr"] = lr
+                    _progress(f"[{i}/{len(cells)}] tuned lr {lr:g} of {tried}")
             runs = [run_cell({**raw, "seed": seed}, runs_root / f"{raw['name']}_s{seed}")
                     for seed in seeds_of(args)]  # fmt: skip
             row = row_of(method, partition, lr, runs)
+            if args.tune and method != "centralized":
+                row["rates_tried"] = tried
         except Exception as exc:  # a failed run is a table row; the grid goes on
             traceback.print_exc(file=sys.stderr)
             row = {"method": method, "partition": partition, "lr": lr,
@@ -398,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         factors = ", ".join(f"{f:.3g}" for f in TUNE_FACTORS)
         md += (
-            f"\nrates tuned per cell on a {VALIDATION:.0%} validation split (seed 0): x {factors}\n"
+            f"\nrates tuned per cell on a {VALIDATION:.0%} validation split (seed 0): x {factors}; "
+            f"a best on the edge tried up to {EDGE_STEPS} more, x {EDGE_STEP:g} further out\n"
         )
     md += (
         f"\nseeds {seeds}; grid wall time: {total:.0f} s ({len(rows)} cells); config {args.config}"

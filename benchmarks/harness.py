@@ -118,6 +118,11 @@ def tune(path: Path, out: Path) -> dict[str, Any]:
     """Run one sweep into `out` (resumed, or read back, if `out` already holds it; refused if it
     holds another sweep): the parameters of the finished trial with the best score, as `fedray
     tune` ranks them (a tie: the first trial)."""
+    return tune_scored(path, out)[0]
+
+
+def tune_scored(path: Path, out: Path) -> tuple[dict[str, Any], float]:
+    """`tune`, and the best trial's score."""
     from tuning.score import row_score
     from tuning.sweep import load_sweep
     from tuning.tune import SWEEP_FILE, resume_sweep, run_sweep
@@ -136,7 +141,8 @@ def tune(path: Path, out: Path) -> dict[str, Any]:
         rows = results["rows"]
         raise RuntimeError(f"every trial of {path.name} failed: {[r['error'] for r in rows]}")
     sign = 1 if results["sweep"]["mode"] == "max" else -1
-    return max(done, key=lambda r: sign * row_score(r))["params"]
+    best = max(done, key=lambda r: sign * row_score(r))
+    return best["params"], row_score(best)
 
 
 def table_seeds(n: int, tuned: bool) -> list[int]:

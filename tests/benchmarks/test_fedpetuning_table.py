@@ -37,6 +37,49 @@ def test_a_cells_sweep_tries_its_rate_times_the_factors_on_the_validation_split(
     assert trial_config(sweep, {"method.lr": 6e-3}).method.lr == 6e-3  # the key the method reads
 
 
+def test_a_best_rate_on_an_edge_of_those_tried_looks_a_factor_further_out() -> None:
+    rates = [1e-3, 3e-3, 9e-3]
+    assert bench.past_edge(9e-3, rates) == pytest.approx(2.7e-2)
+    assert bench.past_edge(1e-3, rates) == pytest.approx(3.33e-4)
+    assert bench.past_edge(3e-3, rates) is None
+
+
+@pytest.mark.parametrize(
+    ("scores", "best", "tried"),
+    [
+        # inside the grid: no more trials
+        ({6.67e-4: 0.80, 2e-3: 0.85, 6e-3: 0.82}, 2e-3, [6.67e-4, 2e-3, 6e-3]),
+        # the largest wins, then 1.8e-2 beats it, then 5.4e-2 does too: EDGE_STEPS (2) reached
+        ({6.67e-4: 0.80, 2e-3: 0.81, 6e-3: 0.82, 1.8e-2: 0.83, 5.4e-2: 0.84}, 5.4e-2,
+         [6.67e-4, 2e-3, 6e-3, 1.8e-2, 5.4e-2]),
+        # the smallest wins; 2.22e-4 only ties it: the rate inside keeps the cell
+        ({6.67e-4: 0.85, 2e-3: 0.81, 6e-3: 0.80, 2.22e-4: 0.85}, 6.67e-4,
+         [2.22e-4, 6.67e-4, 2e-3, 6e-3]),
+    ],
+)  # fmt: skip
+def test_a_cells_rate_is_tuned_past_the_edge_of_its_grid(
+    scores, best, tried, tmp_path, monkeypatch
+) -> None:
+    swept = []
+
+    def fake_tune_scored(path: Path, out: Path) -> tuple[dict, float]:
+        sweep, _ = load_sweep(path)
+        rates = sweep.space["method.lr"]["grid"]
+        swept.append((out.name, rates))
+        top = max(rates, key=lambda r: scores[r])
+        return {"method.lr": top}, scores[top]
+
+    monkeypatch.setattr(bench, "tune_scored", fake_tune_scored)
+    raw = bench.cell_raw(read_yaml(bench.BASE_CONFIG), "lora", "iid", 2e-3)
+    raw["data"]["validation_fraction"] = bench.VALIDATION
+    got, rates = bench.tune_cell(raw, 2e-3, tmp_path, smoke=False)
+    assert got == pytest.approx(best) and rates == pytest.approx(tried)
+    edges = [(name, r) for name, r in swept[1:]]
+    assert [name for name, _ in edges] == [f"lora-iid-edge{k}" for k in range(1, len(edges) + 1)]
+    assert all(len(r) == 1 for _, r in edges)  # one trial per step past the edge
+    assert len(edges) == len(tried) - 3 <= bench.EDGE_STEPS
+
+
 def test_tuned_tables_never_run_the_tuning_seed() -> None:
     assert bench.seeds_of(bench.parse_args(["--tune", "--seeds", "3"])) == [1, 2, 3]
     assert bench.seeds_of(bench.parse_args(["--seeds", "2"])) == [0, 1]
