@@ -147,13 +147,21 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {exc} (the run directory can be resumed with fedray resume)", file=sys.stderr
         )
         return RUNTIME_EXIT
-    except KeyboardInterrupt:
-        print("interrupted: resume with fedray resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a SweepInterrupted names its sweep directory
+        how = str(exc) or AGAIN.get(args.command)
+        print("interrupted" + (f": {how}" if how else ""), file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - show what broke, keep the exit contract
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return RUNTIME_EXIT
+
+
+AGAIN = {  # how to continue an interrupted command
+    "run": "resume with fedray resume RUN_DIR",
+    "resume": "resume with fedray resume RUN_DIR",
+    "tune": "continue with fedray tune --resume SWEEP_DIR",
+}
 
 
 def _in_process_backend(args: argparse.Namespace):

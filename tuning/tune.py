@@ -22,6 +22,13 @@ TUNE_DIR = "tune"  # Tune's own experiment folder inside the sweep directory
 SWEEP_FILE = "sweep.yaml"  # the sweep as run (base resolved): what --resume reads back
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the sweep: Tune saved its state, no results were written."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        super().__init__(f"continue the sweep with fedray tune --resume {sweep_dir}")
+
+
 def new_sweep_dir(out: str | None, name: str) -> Path:
     """The sweep directory: --out (empty or absent), else runs/sweeps/<name>-<N> (absolute: Tune needs it)."""
     return new_run_dir(out, name, root="runs/sweeps", resume="fedray tune --resume").resolve()
@@ -81,6 +88,10 @@ def _run(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     os.environ["WANDB_MODE"] = sweep.wandb.mode  # Ray's W&B callback reads only the variable
+    # Ctrl-C raises here, not in Tune's own handler: that one returns from fit() as if the trials
+    # it cut off had ended, and their results would be written as finished (--resume then never
+    # ran them). Trials continue from Tune's last saved state and their runs' checkpoints.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     started = init_ray(address or base.ray.address, base.ray.num_cpus, False)
     try:
         bundles = trial_bundles(sweep, base)
@@ -124,7 +135,10 @@ def _run(
                     verbose=1,
                 ),
             )
-        tuner.fit()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            raise SweepInterrupted(sweep_dir) from None
         rows = collect(sweep, sweep_dir, tuner.get_results())
         write_results(sweep, base, sweep_dir, rows, time.perf_counter() - t0)
     finally:

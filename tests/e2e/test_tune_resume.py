@@ -1,4 +1,4 @@
-"""`fedray tune` killed by SIGKILL mid-trial, then `fedray tune --resume`: every trial's run ends as
+"""`fedray tune` killed by SIGKILL (or stopped by Ctrl-C) mid-trial, then `fedray tune --resume`: every trial's run ends as
 the same run never stopped (an unfinished trial continues its fedray run from its checkpoint)."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
@@ -26,7 +28,10 @@ def _sweep(tmp_path: Path) -> Path:
     return tiny_sweep(tmp_path, ROOT / "configs" / "quickstart.yaml", space, extra, name="resume2")
 
 
-def test_a_killed_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_stopped_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path, sig) -> None:
+    """SIGKILL: the whole process group dies at once. SIGINT (Ctrl-C) to the driver: Tune saves its
+    state and returns with trials unfinished; fedray tune says how to continue, exit 130."""
     out = tmp_path / "sweep"
     job = _start(["tune", str(_sweep(tmp_path)), "--out", str(out)], tmp_path / "tune.log")
     deadline = time.monotonic() + TIMEOUT_S
@@ -34,8 +39,18 @@ def test_a_killed_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path) ->
         assert job.proc.poll() is None, job.log.read_text()[-4000:]
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.02)
-    os.killpg(job.proc.pid, signal.SIGKILL)
-    job.proc.wait()
+    if sig == signal.SIGKILL:
+        os.killpg(job.proc.pid, signal.SIGKILL)
+        job.proc.wait()
+    else:
+        os.kill(job.proc.pid, signal.SIGINT)
+        try:
+            assert job.proc.wait(timeout=TIMEOUT_S) == 130, job.log.read_text()[-4000:]
+        finally:
+            job.stop()  # the rest of its Ray, if any outlived it
+        log = job.log.read_text()
+        assert f"interrupted: continue the sweep with fedray tune --resume {out}" in log
+        assert "Traceback" not in log, log[-4000:]
     runs = sorted(out.glob("trials/*/run"))
     unfinished = [r for r in runs if not (r / "summary.json").is_file()]
     assert unfinished, "every trial had finished: the kill came too late to test anything"
