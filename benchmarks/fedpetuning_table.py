@@ -194,8 +194,12 @@ def cell_sweep(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> Pat
     """The sweep that tunes a cell's rate: lr x TUNE_FACTORS (lr alone in --smoke), seed 0, scored
     by the mean validation accuracy of its last TUNE_WINDOW evaluations, every TUNE_EVERY rounds
     (the final one alone in --smoke; `raw` holds data.validation_fraction)."""
-    rates = [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
-    return rate_sweep(raw, rates, folder, raw["name"], smoke)
+    return rate_sweep(raw, cell_rates(lr, smoke), folder, raw["name"], smoke)
+
+
+def cell_rates(lr: float, smoke: bool) -> list[float]:
+    """A cell's first rates: lr x TUNE_FACTORS, 3 significant digits (lr alone in --smoke)."""
+    return [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
 
 
 def edge_sweep(raw: dict[str, Any], lr: float, folder: Path, step: int) -> Path:
@@ -239,8 +243,7 @@ def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> tupl
     the rates tried, one edge_sweep further out (at most EDGE_STEPS; a rate past the edge must
     score higher to win). Each sweep is read back or resumed if `folder` already holds it."""
     params, score = tune_scored(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])
-    best = params["method.lr"]
-    rates = [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
+    best, rates = params["method.lr"], cell_rates(lr, smoke)
     for step in range(1, (0 if smoke else EDGE_STEPS) + 1):  # --smoke: its one rate
         nxt = past_edge(best, rates)
         if nxt is None:
