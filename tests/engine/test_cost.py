@@ -8,6 +8,7 @@ from torch import nn
 
 import engine.cost
 from engine.cost import FlopCount, StepCost, StepCostMeter, forward_cost, memory_estimate
+from tests.engine.methods.tiny_models import base_model, batch
 
 B, IN, OUT = 4, 3, 5
 
@@ -117,45 +118,23 @@ def test_cache_hit_runs_without_instrumentation(monkeypatch: pytest.MonkeyPatch)
     assert meter.cached("unseen") is None
 
 
-def _tiny(kind: str) -> tuple[nn.Module, dict]:
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(0)
-    size = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "vocab_size": 500}  # fmt: skip
-    ids = torch.randint(0, 500, (3, 20))
-    mask = torch.ones_like(ids)
-    mask[0, 15:] = 0
-    if kind == "llama":  # SiLU MLPs, grouped-query attention
-        model = LlamaForCausalLM(LlamaConfig(**size, num_key_value_heads=2))
-        return model, {"input_ids": ids, "attention_mask": mask, "labels": ids}
-    model = BertForSequenceClassification(BertConfig(**size, hidden_dropout_prob=0.0))
-    return model, {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
-
-
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_a_measured_transformer_step_counts_as_torch_and_trains_as_unmeasured(kind: str) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, batch = _tiny(kind)
+    model, inputs = base_model(kind), batch(kind)  # Llama: SiLU MLPs, grouped-query attention
     params = list(model.parameters())
 
     def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same dropout masks
-        loss = model(**batch).loss
+        loss = model(**inputs).loss
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in params]
 
     plain = step()
     with FlopCounterMode(display=False) as torch_mode:
         step()
-    measured, cost = StepCostMeter(params).measure((3, 20), step)
+    measured, cost = StepCostMeter(params).measure(tuple(inputs["input_ids"].shape), step)
     assert cost.flops == torch_mode.get_total_flops() > 0  # the same formulas, the same ops
     assert torch.equal(measured[0], plain[0])
     assert all(torch.equal(a, b) for a, b in zip(measured[1], plain[1], strict=True))
