@@ -202,11 +202,6 @@ def cell_rates(lr: float, smoke: bool) -> list[float]:
     return [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
 
 
-def edge_sweep(raw: dict[str, Any], lr: float, folder: Path, step: int) -> Path:
-    """The cell's `step`-th sweep past its grid's edge: the one rate `lr`, scored as cell_sweep's."""
-    return rate_sweep(raw, [lr], folder, f"{raw['name']}-edge{step}", False)
-
-
 def _rate(lr: float) -> float:
     return float(f"{lr:.3g}")
 
@@ -240,16 +235,17 @@ def past_edge(best: float, rates: list[float]) -> float | None:
 
 def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> tuple[float, list]:
     """The cell's best rate and every rate tried: cell_sweep, then while the best is on an edge of
-    the rates tried, one edge_sweep further out (at most EDGE_STEPS; a rate past the edge must
-    score higher to win). Each sweep is read back or resumed if `folder` already holds it."""
+    the rates tried, a one-rate sweep `<cell>-edge<step>` further out (at most EDGE_STEPS; a rate
+    past the edge must score higher to win). Each sweep is read back or resumed if `folder` already
+    holds it."""
     params, score = tune_scored(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])
     best, rates = params["method.lr"], cell_rates(lr, smoke)
     for step in range(1, (0 if smoke else EDGE_STEPS) + 1):  # --smoke: its one rate
         nxt = past_edge(best, rates)
         if nxt is None:
             break
-        path = edge_sweep(raw, nxt, folder, step)
-        _, nxt_score = tune_scored(path, folder / f"{raw['name']}-edge{step}")
+        name = f"{raw['name']}-edge{step}"
+        _, nxt_score = tune_scored(rate_sweep(raw, [nxt], folder, name, False), folder / name)
         rates.append(nxt)
         if nxt_score <= score:
             break
