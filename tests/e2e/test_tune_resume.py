@@ -1,5 +1,6 @@
-"""`fedray tune` killed by SIGKILL (or stopped by Ctrl-C) mid-trial, then `fedray tune --resume`: every trial's run ends as
-the same run never stopped (an unfinished trial continues its fedray run from its checkpoint)."""
+"""`fedray tune` killed by SIGKILL (or stopped by Ctrl-C) mid-trial, then `fedray tune --resume`:
+every trial's run ends as the same run never stopped (an unfinished trial continues its fedray run
+from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def _sweep(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_a_stopped_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path, sig) -> None:
-    """SIGKILL: the whole process group dies at once. SIGINT (Ctrl-C) to the driver: Tune saves its
-    state and returns with trials unfinished; fedray tune says how to continue, exit 130."""
+    """SIGKILL: the whole process group dies at once. SIGINT (Ctrl-C) to the driver: fedray tune
+    writes no results, says how to continue and exits 130."""
     out = tmp_path / "sweep"
     job = _start(["tune", str(_sweep(tmp_path)), "--out", str(out)], tmp_path / "tune.log")
     deadline = time.monotonic() + TIMEOUT_S

@@ -13,6 +13,8 @@ from engine.config import load_config
 from engine.rundir import read_metrics
 from fedray.cli import main
 from tests.conftest import tiny_sweep
+from tuning.score import TUNE_SCORE
+from tuning.tune import TUNE_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = {"resources.client_num_cpus": 0.25, "federation.rounds": 2, "eval.every": 1,
@@ -52,8 +54,8 @@ def test_every_setting_runs_once_per_seed_on_the_validation_rows(sweep_dir: Path
         assert len(evals) == 2 and r["final"] == evals[-1]
         assert r["score"] == pytest.approx((evals[0] + evals[1]) / 2)  # score_window: 2
         # what Tune (ASHA's metric) saw after each evaluation: the running score, not the value
-        told = (sweep_dir / "tune" / r["trial_id"] / "result.json").read_text().splitlines()
-        running = [json.loads(line)["score"] for line in told]
+        told = (sweep_dir / TUNE_DIR / r["trial_id"] / "result.json").read_text().splitlines()
+        running = [json.loads(line)[TUNE_SCORE] for line in told]
         assert running == pytest.approx([evals[0], r["score"]])
 
 
