@@ -38,6 +38,7 @@ from harness import (  # noqa: E402
     mean_std,
     offline,
     pm,
+    resume_hint,
     run_config,
     sweep_file,
     table_seeds,
@@ -428,14 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     from actors.cluster import init_ray
 
     t0 = time.perf_counter()
-    started = init_ray(None, args.num_cpus, False)  # one local Ray; every start_run reuses it
-    try:
-        rows = run_grid(args, base, runs_root)
-    finally:
-        if started:
-            import ray
+    with resume_hint(f"--resume {runs_root}"):
+        started = init_ray(None, args.num_cpus, False)  # one local Ray; every start_run reuses it
+        try:
+            rows = run_grid(args, base, runs_root)
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     total = time.perf_counter() - t0
     target = check_target(rows)
     md = markdown(rows, target["line"])

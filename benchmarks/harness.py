@@ -1,5 +1,6 @@
 """What the benchmarks share: an offline environment, one real fedray run read back (or resumed),
-a tuning sweep on the validation split, and a background poller for memory samplers."""
+a tuning sweep on the validation split, a clean stop on Ctrl-C, and a background poller for memory
+samplers."""
 
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ def offline() -> None:
         os.environ.setdefault(key, value)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+
+# A benchmark stopped with Ctrl-C exits with the shell's status for SIGINT.
+INTERRUPTED_EXIT = 130
+
+
+@contextlib.contextmanager
+def resume_hint(flag: str):
+    """Ctrl-C inside the block ends the benchmark with one line that says how to continue it
+    (`flag`, e.g. "--resume DIR") and exit status INTERRUPTED_EXIT, not a traceback; the finished
+    runs and sweeps stay on disk for the resumed one to read back."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with {flag}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from harness import (  # noqa: E402
     mean_std,
     offline,
     pm,
+    resume_hint,
     run_experiment,
     sweep_file,
     table_seeds,
@@ -402,16 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     _progress(f"runs in {root} (continue a stopped table with --resume {root})")
     from actors.cluster import init_ray
 
-    started = init_ray(None, args.num_cpus, False)
     t0 = time.perf_counter()
-    try:
-        rows = table(args, root) if args.only in (None, "table") else []
-        cross = crossover(args, root) if args.only in (None, "crossover") else None
-    finally:
-        if started:
-            import ray
+    with resume_hint(f"--resume {root}"):
+        started = init_ray(None, args.num_cpus, False)
+        try:
+            rows = table(args, root) if args.only in (None, "table") else []
+            cross = crossover(args, root) if args.only in (None, "crossover") else None
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     md = markdown(rows, cross)
     if rows:
         md += "\n" + target_line(rows) + "\n\n" + "\n".join(front_lines(rows)) + "\n"

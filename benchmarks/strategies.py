@@ -38,6 +38,7 @@ from harness import (  # noqa: E402
     as_overrides,
     mean_std,
     offline,
+    resume_hint,
     run_experiment,
     sweep_file,
     table_seeds,
@@ -176,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.resume or Path(args.out) / f"strategies_{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"== runs in {out} (continue a stopped run with --resume {out})", file=sys.stderr)
     rows, t0 = [], time.perf_counter()
-    for alpha in args.alphas:
-        for strategy in args.strategies:
-            print(f"== Dirichlet {alpha:g}, {strategy}", file=sys.stderr, flush=True)
-            rows.append(cell(args, alpha, strategy, out))
-            (out / "strategies.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    with resume_hint(f"--resume {out}"):
+        for alpha in args.alphas:
+            for strategy in args.strategies:
+                print(f"== Dirichlet {alpha:g}, {strategy}", file=sys.stderr, flush=True)
+                rows.append(cell(args, alpha, strategy, out))
+                (out / "strategies.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     table = markdown(rows)
     print(table)
     print(f"total wall time {time.perf_counter() - t0:.0f} s; {out / 'strategies.json'}")

@@ -1,5 +1,5 @@
 """benchmarks/fedpetuning_table.py's tuned plan (a cell's rate sweep on the validation split, the
-seeds) and a cell's row over seeds (no run)."""
+seeds), a cell's row over seeds (no run), and a grid stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -102,3 +102,18 @@ def test_a_cells_row_is_its_seeds_mean_and_std() -> None:
     assert row["mb_up_per_client_round"] == 2.0 and row["client_gflops_per_round"] == 4.0
     assert row["wall_s"] == 24.0 and row["run_wall_s"] == 21.0
     assert "0.800 +- 0.100" in bench.markdown([{**row, "reduction_vs_full": None}], "")
+
+
+def test_a_grid_stopped_with_ctrl_c_says_how_to_resume_and_writes_no_table(
+    ray_session, tmp_path, monkeypatch, capsys
+) -> None:
+    def stop(*_: object) -> list:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_grid", stop)
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as end:
+        bench.main(["--smoke", "--out", str(tmp_path), "--resume", str(runs)])
+    assert end.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: continue with --resume {runs}"
+    assert not list(tmp_path.glob("fedpetuning_table*.*"))  # no table of a grid cut short

@@ -1,5 +1,6 @@
 """benchmarks/harness.py: a run directory or a sweep folder that already holds the work is read back
-(or resumed), and one that holds other work is refused, so a long benchmark can be started again."""
+(or resumed), and one that holds other work is refused, so a long benchmark can be started again;
+Ctrl-C ends one with the line that says how to continue it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import run_experiment, sweep_file, tune  # noqa: E402
+from harness import INTERRUPTED_EXIT, resume_hint, run_experiment, sweep_file, tune  # noqa: E402
 
 from tests.conftest import tiny_overrides  # noqa: E402
 
@@ -78,3 +79,13 @@ def test_tune_picks_the_best_score_and_reads_a_results_file_written_before_score
     old = [{k: v for k, v in r.items() if k != "score"} for r in rows]  # final values tie
     (out / "results.json").write_text(json.dumps({"sweep": sweep, "rows": old}))
     assert tune(tmp_path / "s.yaml", out) == {"train.lr": "a"}  # the first of the tie
+
+
+def test_ctrl_c_ends_a_benchmark_with_how_to_continue_it(capsys) -> None:
+    with pytest.raises(SystemExit) as stop, resume_hint("--resume out/runs/1"):
+        raise KeyboardInterrupt
+    assert stop.value.code == INTERRUPTED_EXIT == 130
+    assert capsys.readouterr().err == "interrupted: continue with --resume out/runs/1\n"
+    with pytest.raises(ValueError), resume_hint("--resume x"):  # any other error is not a stop
+        raise ValueError("bad")
+    assert capsys.readouterr().err == ""
