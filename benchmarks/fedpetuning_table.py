@@ -33,6 +33,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
+    EDGE_STEP,
+    EDGE_STEPS,
     ROOT,
     VALIDATION,
     mean_std,
@@ -40,9 +42,10 @@ from harness import (  # noqa: E402
     pm,
     resume_hint,
     run_config,
+    short_rate,
     sweep_file,
     table_seeds,
-    tune_scored,
+    tune_rate,
 )
 
 offline()
@@ -69,9 +72,7 @@ CENTRAL_LABEL = "any (union)"
 # Every other method uses its default.
 TABLE_LRS = {"lora": 2e-3, "full": 5e-5, "prefix": 1e-2}
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: the rates tried, as multiples of the cell's rate
-# --tune: while the best rate is the largest (smallest) tried, one more trial a factor of 3 further
-# out, at most EDGE_STEPS times: a best on the grid's edge may lie past it.
-EDGE_STEP, EDGE_STEPS = 3.0, 2
+# (and past the grid's edge while the best is on it: harness.EDGE_STEP, EDGE_STEPS)
 # --tune scores a trial by its last TUNE_WINDOW validation evaluations, every TUNE_EVERY rounds
 # (rounds 6 and 8 of 8): under label skew the final evaluations tie at the majority class (as in
 # benchmarks/strategies.py).
@@ -200,11 +201,7 @@ def cell_sweep(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> Pat
 
 def cell_rates(lr: float, smoke: bool) -> list[float]:
     """A cell's first rates: lr x TUNE_FACTORS, 3 significant digits (lr alone in --smoke)."""
-    return [lr] if smoke else [_rate(lr * f) for f in TUNE_FACTORS]
-
-
-def _rate(lr: float) -> float:
-    return float(f"{lr:.3g}")
+    return [lr] if smoke else [short_rate(lr * f) for f in TUNE_FACTORS]
 
 
 def rate_sweep(
@@ -224,34 +221,19 @@ def rate_sweep(
     return sweep_file(folder, name, base, fixed, grid, "eval/accuracy", window)
 
 
-def past_edge(best: float, rates: list[float]) -> float | None:
-    """The next rate to try when `best` is the largest or smallest of `rates` (EDGE_STEP further
-    out), else None."""
-    if best == max(rates):
-        return _rate(best * EDGE_STEP)
-    if best == min(rates):
-        return _rate(best / EDGE_STEP)
-    return None
-
-
 def tune_cell(raw: dict[str, Any], lr: float, folder: Path, smoke: bool) -> tuple[float, list]:
-    """The cell's best rate and every rate tried: cell_sweep, then while the best is on an edge of
-    the rates tried, a one-rate sweep `<cell>-edge<step>` further out (at most EDGE_STEPS; a rate
-    past the edge must score higher to win). Each sweep is read back or resumed if `folder` already
-    holds it."""
-    params, score = tune_scored(cell_sweep(raw, lr, folder, smoke), folder / raw["name"])
-    best, rates = params["method.lr"], cell_rates(lr, smoke)
-    for step in range(1, (0 if smoke else EDGE_STEPS) + 1):  # --smoke: its one rate
-        nxt = past_edge(best, rates)
-        if nxt is None:
-            break
-        name = f"{raw['name']}-edge{step}"
-        _, nxt_score = tune_scored(rate_sweep(raw, [nxt], folder, name, False), folder / name)
-        rates.append(nxt)
-        if nxt_score <= score:
-            break
-        best, score = nxt, nxt_score
-    return best, sorted(rates)
+    """The cell's best rate and every rate tried: cell_sweep, then past the edge of the rates tried
+    while the best is on it (harness.tune_rate: sweeps `<cell>-edge<step>`; none in --smoke). Each
+    sweep is read back or resumed if `folder` already holds it."""
+    params, tried = tune_rate(
+        lambda rates, name: rate_sweep(raw, rates, folder, name, smoke),
+        "method.lr",
+        cell_rates(lr, smoke),
+        raw["name"],
+        folder,
+        0 if smoke else EDGE_STEPS,
+    )
+    return params["method.lr"], tried
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:

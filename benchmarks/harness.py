@@ -1,6 +1,6 @@
 """What the benchmarks share: an offline environment, one real fedray run read back (or resumed),
-a tuning sweep on the validation split, a clean stop on Ctrl-C, and a background poller for memory
-samplers."""
+a tuning sweep on the validation split (a rate's tuned past its grid's edge), a clean stop on Ctrl-C,
+and a background poller for memory samplers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ def offline() -> None:
         sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 
+# A rate tuned on its grid's edge may be best past it: while the best rate is the largest (smallest) of
+# those tried, one more trial EDGE_STEP further out, at most EDGE_STEPS times (tune_rate).
+EDGE_STEP, EDGE_STEPS = 3.0, 2
 # A benchmark stopped with Ctrl-C exits with the shell's status for SIGINT.
 INTERRUPTED_EXIT = 130
 
@@ -160,6 +164,54 @@ def tune_scored(path: Path, out: Path) -> tuple[dict[str, Any], float]:
     sign = 1 if results["sweep"]["mode"] == "max" else -1
     best = max(done, key=lambda r: sign * row_score(r))
     return best["params"], row_score(best)
+
+
+def tune_rate(
+    sweep: Callable[[list[float], str], Path],
+    key: str,
+    rates: list[float],
+    name: str,
+    folder: Path,
+    edge_steps: int = EDGE_STEPS,
+) -> tuple[dict[str, Any], list[float]]:
+    """The best parameters of `sweep(rates, name)` (run into folder/name, see tune_scored) and every
+    rate tried: while the best `key` is the largest or smallest rate tried, a one-rate sweep
+    `<name>-edge<step>` EDGE_STEP further out (at most `edge_steps`; a rate past the edge must score
+    better to win, a tie keeps the rate inside)."""
+    params, score = tune_scored(sweep(rates, name), folder / name)
+    tried = list(rates)
+    for step in range(1, edge_steps + 1):
+        nxt = past_edge(params[key], tried)
+        if nxt is None:
+            break
+        edge = f"{name}-edge{step}"
+        path = sweep([nxt], edge)
+        nxt_params, nxt_score = tune_scored(path, folder / edge)
+        tried.append(nxt)
+        sign = 1 if _mode(path) == "max" else -1
+        if sign * nxt_score <= sign * score:
+            break
+        params, score = nxt_params, nxt_score
+    return params, sorted(tried)
+
+
+def past_edge(best: float, rates: list[float]) -> float | None:
+    """The next rate to try when `best` is the largest or smallest of `rates` (EDGE_STEP further
+    out, 3 significant digits), else None."""
+    if best == max(rates):
+        return short_rate(best * EDGE_STEP)
+    if best == min(rates):
+        return short_rate(best / EDGE_STEP)
+    return None
+
+
+def short_rate(lr: float) -> float:
+    """A rate to 3 significant digits: 2e-3 / 3 -> 0.000667."""
+    return float(f"{lr:.3g}")
+
+
+def _mode(path: Path) -> str:
+    return yaml.safe_load(path.read_text()).get("mode", "max")
 
 
 def table_seeds(n: int, tuned: bool) -> list[int]:

@@ -13,7 +13,8 @@ Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
 --tune: before the table, a `fedray tune` sweep per family of rows (seed 0, on a validation split of 10%
 of the training rows that no client trains on: data.validation_fraction, eval.split: validation) picks
 FedFT's and SplitFed's learning rates and SFPrompt's keep ratio x local-loss epochs (GRIDS) by final
-validation accuracy; every row then runs with its family's choice at seeds 1..N on the test split, the
+validation accuracy (a rate best on its grid's edge is tried up to EDGE_STEPS more times, EDGE_STEP
+further out, harness.tune_rate); every row then runs with its family's choice at seeds 1..N on the test split, the
 same share held out (drawn by each run's seed). Without --tune the rows run at the base config's
 values, seeds 0..N-1.
 """
@@ -33,6 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
+    EDGE_STEPS,
     ROOT,
     VALIDATION,
     as_overrides,
@@ -44,6 +46,7 @@ from harness import (  # noqa: E402
     sweep_file,
     table_seeds,
     tune,
+    tune_rate,
 )
 
 from tuning.report_kit import pareto_front  # noqa: E402
@@ -81,6 +84,8 @@ ROWS: dict[str, list[str]] = {
         "train.lr=5e-5",
     ],
 }
+# A family that tunes its rate alone is tuned past its grid's edge (harness.tune_rate).
+RATE = "train.lr"
 GRIDS: dict[str, dict[str, list[float]]] = {
     "FedFT": {"train.lr": [2e-5, 5e-5, 1e-4]},
     "SFPrompt": {"pruning.keep_ratio": [0.5, 0.75], "local_loss.epochs": [1, 2]},
@@ -144,12 +149,13 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
     common = common_overrides(args)
     names = _names(args.rows)
     tuned: dict[str, dict[str, Any]] = {}
+    tried: dict[str, list[float] | None] = {}
     if args.tune:
         for fam in dict.fromkeys(n.split()[0] for n in names):
             _progress(f"tuning {fam}: {GRIDS[fam]}")
             sweeps = root / "sweeps"
-            tuned[fam] = tune(family_sweep(args, fam, common, sweeps), sweeps / fam)
-            _progress(f"tuned {fam}: {tuned[fam]}")
+            tuned[fam], tried[fam] = tune_family(args, fam, common, sweeps)
+            _progress(f"tuned {fam}: {tuned[fam]}" + (f" of {tried[fam]}" if tried[fam] else ""))
     seeds = table_seeds(args.seeds, args.tune)
     rows = []
     for i, name in enumerate(names, 1):
@@ -163,7 +169,10 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
                 )
                 for seed in seeds
             ]
-            rows.append({"name": name, "tuned": params, "seeds": seeds, **_row(runs)})
+            row = {"name": name, "tuned": params, "seeds": seeds, **_row(runs)}
+            if tried.get(name.split()[0]):
+                row["rates_tried"] = tried[name.split()[0]]
+            rows.append(row)
         except Exception as exc:  # a failed run is a row; the table goes on
             traceback.print_exc(file=sys.stderr)
             rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
@@ -189,15 +198,41 @@ def row_params(name: str, tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def family_sweep(args: argparse.Namespace, fam: str, common: list[str], folder: Path) -> Path:
-    """The sweep file that tunes one family of rows on the validation split (one grid point per
-    key in --smoke)."""
+def tune_family(
+    args: argparse.Namespace, fam: str, common: list[str], folder: Path
+) -> tuple[dict[str, Any], list[float] | None]:
+    """A family's tuned values (its GRIDS sweep into folder/<fam>) and, for a family that tunes its
+    RATE alone, every rate tried: while the best is on an edge of those tried, a one-rate sweep
+    `<fam>-edge<step>` further out (harness.tune_rate; none in --smoke)."""
+    if list(GRIDS[fam]) != [RATE]:
+        return tune(family_sweep(args, fam, common, folder), folder / fam), None
+    return tune_rate(
+        lambda rates, name: family_sweep(args, fam, common, folder, {RATE: rates}, name),
+        RATE,
+        GRIDS[fam][RATE][:1] if args.smoke else GRIDS[fam][RATE],
+        fam,
+        folder,
+        0 if args.smoke else EDGE_STEPS,
+    )
+
+
+def family_sweep(
+    args: argparse.Namespace,
+    fam: str,
+    common: list[str],
+    folder: Path,
+    grids: dict[str, list[float]] | None = None,
+    name: str | None = None,
+) -> Path:
+    """The sweep file `name` (the family's) that tunes one family of rows on the validation split
+    over `grids` (its GRIDS; one grid point per key in --smoke)."""
     fixed = {}
     for item in [*common, *ROWS[fam]]:
         key, _, value = item.partition("=")
         fixed[key] = yaml.safe_load(value)
-    grid = {k: {"grid": v[:1] if args.smoke else v} for k, v in GRIDS[fam].items()}
-    return sweep_file(folder, fam, BASE_CONFIG, fixed, grid, "eval/accuracy")
+    grids = GRIDS[fam] if grids is None else grids
+    grid = {k: {"grid": v[:1] if args.smoke else v} for k, v in grids.items()}
+    return sweep_file(folder, name or fam, BASE_CONFIG, fixed, grid, "eval/accuracy")
 
 
 def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -312,6 +347,8 @@ def markdown(rows: list[dict[str, Any]], cross: dict[str, Any] | None) -> str:
                 lines.append(f"| {r['name']} | failed: {r['error']} |||||||||| ")
                 continue
             tuned = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in r["tuned"].items()) or "-"
+            if r.get("rates_tried"):
+                tuned += " of " + "/".join(f"{x:g}" for x in r["rates_tried"])
             lines.append(
                 f"| {r['name']} | {tuned} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | "
                 f"{r['client_flops_per_round'] / 1e9:.3g} | {r.get('flops_pct_of_fedft', math.nan):.3g} | "

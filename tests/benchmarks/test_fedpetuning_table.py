@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fedpetuning_table as bench  # noqa: E402
+import harness  # noqa: E402
 
 from engine.config import read_yaml  # noqa: E402
 from tuning.sweep import check_space, load_sweep, trial_config  # noqa: E402
@@ -35,13 +36,6 @@ def test_a_cells_sweep_tries_its_rate_times_the_factors_on_the_validation_split(
     assert (base.eval.every, sweep.score_window) == (2, 1)
     assert base.method.name == method and base.data.partition.alpha == 1.0
     assert trial_config(sweep, {"method.lr": 6e-3}).method.lr == 6e-3  # the key the method reads
-
-
-def test_a_best_rate_on_an_edge_of_those_tried_looks_a_factor_further_out() -> None:
-    rates = [1e-3, 3e-3, 9e-3]
-    assert bench.past_edge(9e-3, rates) == pytest.approx(2.7e-2)
-    assert bench.past_edge(1e-3, rates) == pytest.approx(3.33e-4)
-    assert bench.past_edge(3e-3, rates) is None
 
 
 @pytest.mark.parametrize(
@@ -69,7 +63,7 @@ def test_a_cells_rate_is_tuned_past_the_edge_of_its_grid(
         top = max(rates, key=lambda r: scores[r])
         return {"method.lr": top}, scores[top]
 
-    monkeypatch.setattr(bench, "tune_scored", fake_tune_scored)
+    monkeypatch.setattr(harness, "tune_scored", fake_tune_scored)
     raw = bench.cell_raw(read_yaml(bench.BASE_CONFIG), "lora", "iid", 2e-3)
     raw["data"]["validation_fraction"] = bench.VALIDATION
     got, rates = bench.tune_cell(raw, 2e-3, tmp_path, smoke=False)
@@ -77,7 +71,7 @@ def test_a_cells_rate_is_tuned_past_the_edge_of_its_grid(
     edges = [(name, r) for name, r in swept[1:]]
     assert [name for name, _ in edges] == [f"lora-iid-edge{k}" for k in range(1, len(edges) + 1)]
     assert all(len(r) == 1 for _, r in edges)  # one trial per step past the edge
-    assert len(edges) == len(tried) - 3 <= bench.EDGE_STEPS
+    assert len(edges) == len(tried) - 3 <= harness.EDGE_STEPS
 
 
 def test_tuned_tables_never_run_the_tuning_seed() -> None:

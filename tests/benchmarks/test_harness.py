@@ -1,6 +1,7 @@
 """benchmarks/harness.py: a run directory or a sweep folder that already holds the work is read back
 (or resumed), and one that holds other work is refused, so a long benchmark can be started again;
-Ctrl-C ends one with the line that says how to continue it."""
+a rate tuned on its grid's edge is tuned past it; Ctrl-C ends a benchmark with the line that says how to
+continue it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import INTERRUPTED_EXIT, resume_hint, run_experiment, sweep_file, tune  # noqa: E402
+import harness  # noqa: E402
+from harness import (  # noqa: E402
+    INTERRUPTED_EXIT,
+    past_edge,
+    resume_hint,
+    run_experiment,
+    sweep_file,
+    tune,
+    tune_rate,
+)
 
 from tests.conftest import tiny_overrides  # noqa: E402
 
@@ -89,3 +99,43 @@ def test_ctrl_c_ends_a_benchmark_with_how_to_continue_it(capsys) -> None:
     with pytest.raises(ValueError), resume_hint("--resume x"):  # any other error is not a stop
         raise ValueError("bad")
     assert capsys.readouterr().err == ""
+
+
+def test_a_best_rate_on_an_edge_of_those_tried_looks_a_factor_further_out() -> None:
+    rates = [1e-3, 3e-3, 9e-3]
+    assert past_edge(9e-3, rates) == pytest.approx(2.7e-2)
+    assert past_edge(1e-3, rates) == pytest.approx(3.33e-4)
+    assert past_edge(3e-3, rates) is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "scores", "best", "tried"),
+    [
+        # a minimised loss: the smallest rate wins, 1e-5 scores lower still and wins, then
+        # 3.33e-6 scores higher: the search stops there
+        ("min", {3e-5: 0.4, 1e-4: 0.5, 3e-4: 0.6, 1e-5: 0.3, 3.33e-6: 0.35}, 1e-5,
+         [3.33e-6, 1e-5, 3e-5, 1e-4, 3e-4]),
+        # maximised: the largest wins, 9e-4 scores lower: the rate inside keeps it
+        ("max", {3e-5: 0.4, 1e-4: 0.5, 3e-4: 0.6, 9e-4: 0.55}, 3e-4, [3e-5, 1e-4, 3e-4, 9e-4]),
+    ],
+)  # fmt: skip
+def test_a_rate_is_tuned_past_its_grids_edge_in_the_sweeps_direction(
+    mode, scores, best, tried, tmp_path, monkeypatch
+) -> None:
+    def sweep(rates: list[float], name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"mode": mode, "rates": rates}))
+        return path
+
+    def fake_tune_scored(path: Path, out: Path) -> tuple[dict, float]:
+        rates = yaml.safe_load(path.read_text())["rates"]
+        pick = min if mode == "min" else max
+        top = pick(rates, key=lambda r: scores[r])
+        return {"train.lr": top}, scores[top]
+
+    monkeypatch.setattr(harness, "tune_scored", fake_tune_scored)
+    params, rates = tune_rate(sweep, "train.lr", [3e-5, 1e-4, 3e-4], "fam", tmp_path)
+    assert params == {"train.lr": pytest.approx(best)} and rates == pytest.approx(tried)
+    assert tune_rate(sweep, "train.lr", [3e-5, 1e-4, 3e-4], "fam", tmp_path, edge_steps=0)[1] == [
+        3e-5, 1e-4, 3e-4
+    ]  # fmt: skip

@@ -1,5 +1,5 @@
-"""benchmarks/sfprompt_table.py's plan: tuning sweeps, tuned values per row, a row over seeds, the
-target line (no run)."""
+"""benchmarks/sfprompt_table.py's plan: tuning sweeps (a lone rate tuned past its grid's edge), tuned
+values per row, a row over seeds, the target line (no run)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import harness  # noqa: E402
 import sfprompt_table as bench  # noqa: E402
 
 from engine.config import apply_overrides, read_yaml, validate_config  # noqa: E402
@@ -126,3 +127,34 @@ def test_a_crossover_only_run_never_overwrites_the_tables_output() -> None:
     assert stems[("--only", "crossover")] == "sfprompt_crossover"
     assert stems[("--smoke",)] == "sfprompt_table_smoke"
     assert stems[("--only", "crossover", "--smoke")] == "sfprompt_crossover_smoke"
+
+
+def test_a_family_that_tunes_its_rate_alone_is_tuned_past_its_grids_edge(
+    tmp_path, monkeypatch
+) -> None:
+    scores = {2e-5: 0.80, 5e-5: 0.81, 1e-4: 0.82, 3e-4: 0.83, 9e-4: 0.79}
+    swept = []
+
+    def fake_tune_scored(path: Path, out: Path) -> tuple[dict, float]:
+        sweep, _ = load_sweep(path)
+        swept.append((out.name, sweep.space))
+        rates = sweep.space["train.lr"]["grid"]
+        top = max(rates, key=lambda r: scores[r])
+        return {"train.lr": top}, scores[top]
+
+    monkeypatch.setattr(harness, "tune_scored", fake_tune_scored)
+    args = bench.parse_args(["--tune"])
+    common = bench.common_overrides(args)
+    params, tried = bench.tune_family(args, "FedFT", common, tmp_path)
+    assert params == {"train.lr": 3e-4} and tried == pytest.approx([2e-5, 5e-5, 1e-4, 3e-4, 9e-4])
+    assert [name for name, _ in swept] == ["FedFT", "FedFT-edge1", "FedFT-edge2"]
+    _, base = load_sweep(tmp_path / "FedFT-edge1.yaml")
+    assert base.method.name == "full" and base.eval.split == "validation"  # the family's runs
+
+    def fake_tune(path: Path, out: Path) -> dict:
+        swept.append((out.name, load_sweep(path)[0].space))
+        return {"pruning.keep_ratio": 0.75, "local_loss.epochs": 2}
+
+    monkeypatch.setattr(bench, "tune", fake_tune)
+    params, tried = bench.tune_family(args, "SFPrompt", common, tmp_path)
+    assert tried is None and swept[-1][0] == "SFPrompt"  # a grid of two knobs: no edge search
