@@ -13,10 +13,10 @@ Options: --rounds 8 --set key=value (every table run) --out benchmarks/out
 --tune: before the table, a `fedray tune` sweep per family of rows (seed 0, on a validation split of 10%
 of the training rows that no client trains on: data.validation_fraction, eval.split: validation) picks
 FedFT's and SplitFed's learning rates and SFPrompt's keep ratio x local-loss epochs (GRIDS) by final
-validation accuracy (a rate best on its grid's edge is tried up to EDGE_STEPS more times, EDGE_STEP
-further out, harness.tune_rate); every row then runs with its family's choice at seeds 1..N on the test split, the
-same share held out (drawn by each run's seed). Without --tune the rows run at the base config's
-values, seeds 0..N-1.
+validation accuracy (while a rate's best is on the edge of those tried, one more trial EDGE_STEP further
+out, up to EDGE_STEPS: harness.tune_rate); every row then runs with its family's choice at seeds 1..N on
+the test split, the same share held out (drawn by each run's seed). Without --tune the rows run at the
+base config's values, seeds 0..N-1.
 """
 
 from __future__ import annotations
