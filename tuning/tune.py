@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 from actors.cluster import init_ray
 from engine.errors import ConfigError
 from engine.rundir import new_run_dir
+from tuning.clock import SweepClock
 from tuning.results import collect, write_results
 from tuning.score import tune_metric
 from tuning.sweep import SweepConfig, grid_size, load_sweep, search_space, with_seeds
@@ -109,7 +109,6 @@ def _run(
         if sweep.metric.startswith("eval/") and base.eval.split == "test":
             print(f"note: {sweep.metric} is measured on the test split; to tune without reading "
                   "it, set data.validation_fraction and eval.split: validation", flush=True)  # fmt: skip
-        t0 = time.perf_counter()
         if restore:
             tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_errored=True)
         else:
@@ -135,12 +134,13 @@ def _run(
                     verbose=1,
                 ),
             )
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            raise SweepInterrupted(sweep_dir) from None
-        rows = collect(sweep, sweep_dir, tuner.get_results())
-        write_results(sweep, base, sweep_dir, rows, time.perf_counter() - t0)
+        with SweepClock(sweep_dir) as clock:  # wall time across --resume
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                raise SweepInterrupted(sweep_dir) from None
+            rows = collect(sweep, sweep_dir, tuner.get_results())
+        write_results(sweep, base, sweep_dir, rows, clock.total())
     finally:
         if started:
             import ray

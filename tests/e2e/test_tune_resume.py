@@ -1,6 +1,6 @@
 """`fedray tune` killed by SIGKILL (or stopped by Ctrl-C) mid-trial, then `fedray tune --resume`:
 every trial's run ends as the same run never stopped (an unfinished trial continues its fedray run
-from its checkpoint)."""
+from its checkpoint), and the sweep's wall time counts the stopped part."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from engine.backend import LocalBackend
 from engine.config import load_config
 from tests.conftest import tiny_sweep
 from tests.e2e.test_sigkill_resume import TIMEOUT_S, _rows, _start
+from tuning.clock import ELAPSED_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 8
@@ -56,10 +57,18 @@ def test_a_stopped_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path, s
     unfinished = [r for r in runs if not (r / "summary.json").is_file()]
     assert unfinished, "every trial had finished: the kill came too late to test anything"
     assert not (out / "results.json").exists()
+    clock = out / ELAPSED_FILE  # saved on Ctrl-C; before SIGKILL only if a periodic save came
+    assert clock.is_file() or sig == signal.SIGKILL
+    stopped_s = json.loads(clock.read_text())["wall_s"] if clock.is_file() else None
 
+    t0 = time.monotonic()
     log = _start(["tune", "--resume", str(out)], tmp_path / "resume.log").finish()
+    resumed_s = time.monotonic() - t0
     assert "continues after round" in log  # a trial picked its run up from a checkpoint
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    if stopped_s is not None:  # the sweep's wall time counts the stopped part too
+        assert stopped_s < results["sweep"]["wall_s"] < stopped_s + resumed_s
+    rows = results["rows"]
     assert sorted(r["params"]["train.lr"] for r in rows) == [0.001, 0.003]
     assert all(r["status"] == "TERMINATED" and r["rounds"] == ROUNDS for r in rows), rows
     for run in sorted(out.glob("trials/*/run")):
