@@ -75,10 +75,22 @@ def run_sweep(
 def resume_sweep(sweep_dir: str, address: str | None = None) -> Path:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume their runs."""
     d = Path(sweep_dir).resolve()
-    if not (d / SWEEP_FILE).is_file() or not (d / TUNE_DIR).is_dir():
+    if not (d / SWEEP_FILE).is_file():
         raise ConfigError("--resume", f"{d} is not a fedray sweep directory (no {SWEEP_FILE})")
     sweep, base = load_sweep(d / SWEEP_FILE)
     return _run(sweep, base, d, address, restore=True)
+
+
+def _restorable(sweep_dir: Path) -> bool:
+    """Whether Ray Tune saved the sweep's state (it does so once its trials start); a sweep stopped
+    before that has nothing to restore and runs its trials from the start."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(str(sweep_dir / TUNE_DIR)):
+        return True
+    print(f"resume: {sweep_dir} stopped before Ray Tune saved its state; running its trials "
+          "from the start", flush=True)  # fmt: skip
+    return False
 
 
 def _run(
@@ -100,6 +112,7 @@ def _run(
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not restore:
             (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(), sort_keys=False))
+        restore = restore and _restorable(sweep_dir)
         trainable = tune.with_resources(
             partial(run_trial, sweep=sweep, sweep_dir=str(sweep_dir)),
             tune.PlacementGroupFactory(bundles),

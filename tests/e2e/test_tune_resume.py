@@ -11,13 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from actors.launch import start_run
 from engine.backend import LocalBackend
 from engine.config import load_config
+from fedray.cli import main
 from tests.conftest import tiny_sweep
 from tests.e2e.test_sigkill_resume import TIMEOUT_S, _rows, _start
 from tuning.clock import ELAPSED_FILE
+from tuning.sweep import load_sweep
+from tuning.tune import SWEEP_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 8
@@ -76,3 +80,24 @@ def test_a_stopped_sweep_resumes_its_unfinished_trials_exactly(tmp_path: Path, s
                         backend=LocalBackend())  # fmt: skip
         assert _rows(run / "metrics.jsonl", "wall") == _rows(ref / "metrics.jsonl", "wall")
         assert _rows(run / "clients.jsonl", "cpu_s") == _rows(ref / "clients.jsonl", "cpu_s")
+
+
+def test_a_sweep_stopped_before_tune_saved_its_state_runs_its_trials_on_resume(
+    ray_session, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Ctrl-C between `sweep.yaml` and Tune's first saved state leaves a sweep with nothing to
+    restore: --resume runs its trials from the start instead of refusing the folder."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sweep, _ = load_sweep(tiny_sweep(tmp_path, ROOT / "configs" / "quickstart.yaml",
+                                     {"train.lr": {"grid": [0.001]}}, {"federation.rounds": 1}))  # fmt: skip
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(), sort_keys=False))
+    assert main(["tune", "--resume", str(out)]) == 0
+    assert "stopped before Ray Tune saved its state" in capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["params"]["train.lr"], r["status"], r["rounds"]) for r in rows] == [
+        (0.001, "TERMINATED", 1)
+    ]
+    assert main(["tune", "--resume", str(tmp_path / "nothing")]) == 2  # not a sweep: one line
+    assert "is not a fedray sweep directory" in capsys.readouterr().err
