@@ -82,20 +82,39 @@ def test_tuned_tables_never_run_the_tuning_seed() -> None:
         bench.parse_args(["--seeds", "0"])
 
 
-def test_a_cells_row_is_its_seeds_mean_and_std() -> None:
-    def run(acc: float, f1: float) -> dict:
-        summary = {"metrics": {"accuracy": acc, "macro_f1": f1}, "best": {}, "rounds_completed": 8,
-                   "trainable_params": 3, "total_params": 9, "bytes_up_per_client_round": 2e6,
-                   "client_flops_per_round": 4e9, "comm_bytes_total": 10, "wall_s": 7.0}  # fmt: skip
-        return {"summary": summary, "wall_s": 8.0, "run_dir": f"run{acc}"}
+def run(acc: float, f1: float, curve: dict[int, float] | None = None) -> dict:
+    """A finished run as harness.run_config returns it; `curve`: its test accuracy by round (the
+    final one only when None)."""
+    summary = {"metrics": {"accuracy": acc, "macro_f1": f1}, "best": {}, "rounds_completed": 8,
+               "trainable_params": 3, "total_params": 9, "bytes_up_per_client_round": 2e6,
+               "client_flops_per_round": 4e9, "comm_bytes_total": 10, "wall_s": 7.0}  # fmt: skip
+    records = [{"round": r, "eval/accuracy": a} for r, a in (curve or {8: acc}).items()]
+    return {"summary": summary, "records": records, "wall_s": 8.0, "run_dir": f"run{acc}"}
 
+
+def test_a_cells_row_is_its_seeds_mean_and_std() -> None:
     row = bench.row_of("lora", "iid", 2e-3, [run(0.7, 0.6), run(0.9, 0.7), run(0.8, 0.8)])
     assert row["accuracy"] == pytest.approx(0.8) and row["accuracy_std"] == pytest.approx(0.1)
     assert row["macro_f1"] == pytest.approx(0.7) and row["macro_f1_std"] == pytest.approx(0.1)
     assert row["seeds"] == 3 and row["accuracy_by_seed"] == [0.7, 0.9, 0.8]
     assert row["mb_up_per_client_round"] == 2.0 and row["client_gflops_per_round"] == 4.0
     assert row["wall_s"] == 24.0 and row["run_wall_s"] == 21.0
-    assert "0.800 +- 0.100" in bench.markdown([{**row, "reduction_vs_full": None}], "")
+    assert row["window_accuracy"] is None  # one evaluation: no window
+    line = bench.markdown([{**row, "reduction_vs_full": None}], "").splitlines()[2]
+    assert line.startswith("| lora | iid | 0.002 | 0.800 +- 0.100 | - | 0.700 +- 0.100 |")
+
+
+def test_a_tuned_cells_row_averages_the_last_evaluations_as_tuning_scored() -> None:
+    # under label skew the final evaluation can fall back to the majority class
+    runs = [run(0.67, 0.4, {2: 0.6, 4: 0.7, 6: 0.81, 8: 0.67}),
+            run(0.83, 0.8, {2: 0.6, 4: 0.7, 6: 0.79, 8: 0.83})]  # fmt: skip
+    row = bench.row_of("full", "dir1.0", 5e-5, runs)
+    assert bench.TUNE_WINDOW == 2
+    assert row["window_accuracy"] == pytest.approx((0.74 + 0.81) / 2)
+    assert row["window_accuracy_std"] == pytest.approx(abs(0.74 - 0.81) / 2**0.5)
+    assert row["accuracy_by_round"] == pytest.approx({2: 0.6, 4: 0.7, 6: 0.8, 8: 0.75})
+    line = bench.markdown([{**row, "reduction_vs_full": None}], "").splitlines()[2]
+    assert line.startswith("| full | dir1.0 | 5e-05 | 0.750 +- 0.113 | 0.775 +- 0.049 |")
 
 
 def test_a_grid_stopped_with_ctrl_c_says_how_to_resume_and_writes_no_table(
@@ -111,3 +130,22 @@ def test_a_grid_stopped_with_ctrl_c_says_how_to_resume_and_writes_no_table(
     assert end.value.code == 130
     assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: continue with --resume {runs}"
     assert not list(tmp_path.glob("fedpetuning_table*.*"))  # no table of a grid cut short
+
+
+@pytest.mark.parametrize(("flags", "every", "seeds"), [(["--tune"], 2, [1]), ([], 8, [0])])
+def test_tuned_table_runs_evaluate_the_test_split_at_the_rounds_tuning_scored(
+    flags, every, seeds, tmp_path, monkeypatch
+) -> None:
+    ran = []
+
+    def fake_run_cell(raw: dict, run_dir) -> dict:
+        ran.append(raw)
+        return run(0.8, 0.7)
+
+    monkeypatch.setattr(bench, "run_cell", fake_run_cell)
+    monkeypatch.setattr(bench, "tune_cell", lambda raw, lr, folder, smoke: (lr, [lr]))
+    args = bench.parse_args([*flags, "--methods", "lora", "--partitions", "dir1.0"])
+    base, _ = bench.base_config(args)
+    rows = bench.run_grid(args, base, tmp_path)
+    assert [r["eval"]["every"] for r in ran] == [every] and [r["seed"] for r in ran] == seeds
+    assert rows[0]["accuracy"] == 0.8 and rows[0]["error"] is None
