@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Poller, offline, run_experiment  # noqa: E402
+from harness import ROOT, offline, run_experiment  # noqa: E402
 
 offline()
+
+from engine.poller import Poller  # noqa: E402
 
 BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
 SMOKE = ["model.name=tiny-bert-random", "model.max_length=64", "data.max_train_samples=400",

@@ -1,6 +1,6 @@
 """What the benchmarks share: an offline environment, one real fedray run read back (or resumed),
-a tuning sweep on the validation split (a rate's tuned past its grid's edge), a clean stop on Ctrl-C,
-and a background poller for memory samplers."""
+a tuning sweep on the validation split (a rate's tuned past its grid's edge), and a clean stop on
+Ctrl-C. (The memory samplers' background thread is engine.poller.Poller.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,28 +232,3 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def pm(mean: float, std: float, n: int) -> str:
     """A table cell: 0.8000 for one seed, 0.800 +- 0.012 over several."""
     return f"{mean:.4f}" if n == 1 else f"{mean:.3f} +- {std:.3f}"
-
-
-class Poller:
-    """Calls `tick()` on a daemon thread every `period_s` while its `with` block runs."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def tick(self) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.tick()
-            self._stop.wait(self.period_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()

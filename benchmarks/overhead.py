@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from harness import Poller, offline
+from harness import offline
 
 from actors.launch import make_backend, start_run
 from engine.aggregate import fedavg, fedavg_weights
@@ -27,6 +27,7 @@ from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
 from engine.config import RunConfig, load_config
 from engine.ledger import deserialize_state, serialize_state
 from engine.methods import load_trainable_state, trainable_state
+from engine.poller import Poller
 from engine.prepare import Prepared, prepare
 from engine.rounds import TRAINING_STREAM, sample_clients
 from engine.train import derive_seed, local_train

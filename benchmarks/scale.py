@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import Poller, offline
+from harness import offline
 
 from actors.launch import start_run
 from engine import rundir
 from engine.clock import load_device_profile
 from engine.config import RunConfig, apply_overrides, validate_config
+from engine.poller import Poller
 from engine.prepare import prepare
 from engine.rounds import RoundInputs, sample_clients, unavailable
 from engine.runner import _partition_record
