@@ -39,6 +39,7 @@ from harness import (  # noqa: E402
     EDGE_STEPS,
     ROOT,
     VALIDATION,
+    local_ray,
     mean_std,
     offline,
     pm,
@@ -429,18 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.resume) if args.resume else out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
     )
     _progress(f"runs in {runs_root} (continue a stopped grid with --resume {runs_root})")
-    from actors.cluster import init_ray
-
     t0 = time.perf_counter()
-    with resume_hint(f"--resume {runs_root}"):
-        started = init_ray(None, args.num_cpus, False)  # one local Ray; every start_run reuses it
-        try:
-            rows = run_grid(args, base, runs_root)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+    with resume_hint(f"--resume {runs_root}"), local_ray(args.num_cpus):
+        rows = run_grid(args, base, runs_root)
     total = time.perf_counter() - t0
     target = check_target(rows)
     md = markdown(rows, target["line"])

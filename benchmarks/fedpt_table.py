@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, offline  # noqa: E402
+from harness import ROOT, local_ray, offline  # noqa: E402
 
 offline()
 
@@ -304,14 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
     config = Path(args.config)
     base = apply_overrides(read_yaml(config), common)
-    started = False
-    if not args.in_process:
-        from actors.cluster import init_ray
-
-        started = init_ray(None, None, False)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    try:
+    with contextlib.nullcontext() if args.in_process else local_ray(None):
         if args.direct:
             direct = reuse_run(config, Path(args.direct), [*common, *DIRECT], "--direct")
         else:
@@ -343,11 +338,6 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
             write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config), flush=True)
     return 0
 

@@ -1,6 +1,6 @@
 """What the benchmarks share: an offline environment, one real fedray run read back (or resumed),
-a tuning sweep on the validation split (a rate's tuned past its grid's edge), and a clean stop on
-Ctrl-C. (The memory samplers' background thread is engine.poller.Poller.)"""
+a tuning sweep on the validation split (a rate's tuned past its grid's edge), one local Ray for a
+benchmark, and a clean stop on Ctrl-C. (The memory samplers' background thread is engine.poller.Poller.)"""
 
 from __future__ import annotations
 
@@ -53,6 +53,22 @@ def resume_hint(flag: str):
     except KeyboardInterrupt:
         print(f"interrupted: continue with {flag}", file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED_EXIT) from None
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None):
+    """One local Ray for the block (`num_cpus`, None: every core): every run and sweep inside joins
+    it; shut down at the block's end unless it was already running."""
+    from actors.cluster import init_ray
+
+    started = init_ray(None, num_cpus, False)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def run_experiment(base: Path, overrides: list[str], run_dir: Path) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from harness import (  # noqa: E402
     ROOT,
     VALIDATION,
     as_overrides,
+    local_ray,
     mean_std,
     offline,
     pm,
@@ -438,19 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.resume) if args.resume else out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
     )
     _progress(f"runs in {root} (continue a stopped table with --resume {root})")
-    from actors.cluster import init_ray
-
     t0 = time.perf_counter()
-    with resume_hint(f"--resume {root}"):
-        started = init_ray(None, args.num_cpus, False)
-        try:
-            rows = table(args, root) if args.only in (None, "table") else []
-            cross = crossover(args, root) if args.only in (None, "crossover") else None
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+    with resume_hint(f"--resume {root}"), local_ray(args.num_cpus):
+        rows = table(args, root) if args.only in (None, "table") else []
+        cross = crossover(args, root) if args.only in (None, "crossover") else None
     md = markdown(rows, cross)
     if rows:
         md += "\n" + target_line(rows) + "\n\n" + "\n".join(front_lines(rows)) + "\n"
