@@ -15,7 +15,8 @@ wins (final evaluations tie at the majority class under label skew); while the w
 (smallest) rate tried, one more trial x EDGE_STEP further out, up to EDGE_STEPS; the cell then runs at
 the best rate with seeds 1..N on the test split, the same share held out (drawn by each run's seed),
 evaluated every TUNE_EVERY rounds too: a row reports the final accuracy and the mean of the last
-TUNE_WINDOW evaluations (the statistic tuning ranked by; evaluating changes no training number). The
+TUNE_WINDOW evaluations (the statistic tuning ranked by; evaluating changes no training number) and,
+with eval.select: validation, the test accuracy at the round the held-out rows scored best. The
 centralized baseline (a Ray Train job) keeps its rate. Without --tune every cell runs at its rate
 with seeds 0..N-1, evaluated after the last round. --seeds N > 1 reports mean +- std.
 """
@@ -258,6 +259,9 @@ def row_of(method: str, partition: str, lr: float, runs: list[dict[str, Any]]) -
     windows = [score([a for _, a in c], TUNE_WINDOW) for c in curves]
     windowed = len(curves[0]) >= TUNE_WINDOW and None not in windows
     win, win_std = mean_std(windows) if windowed else (None, None)
+    chosen = [r["summary"].get("selected") for r in runs]  # eval.select: validation (--tune)
+    picked = None not in chosen
+    sel, sel_std = mean_std([c["metrics"]["accuracy"] for c in chosen]) if picked else (None, None)
     return {
         "method": method,
         "partition": partition,
@@ -270,6 +274,10 @@ def row_of(method: str, partition: str, lr: float, runs: list[dict[str, Any]]) -
         # validation (None when a run evaluated fewer times: the table runs without --tune)
         "window_accuracy": win,
         "window_accuracy_std": win_std,
+        # the test accuracy at the round the validation rows scored best (None without --tune)
+        "selected_accuracy": sel,
+        "selected_accuracy_std": sel_std,
+        "selected_round_by_seed": [c["round"] for c in chosen] if picked else None,
         "accuracy_by_round": {
             rnd: mean_std([dict(c)[rnd] for c in curves])[0] for rnd, _ in curves[0]
         },  # fmt: skip
@@ -328,7 +336,8 @@ def _target_line(status: str, acc: dict[str, float], missing: list[str] | None =
     return f"{head}: " + ", ".join(parts)
 
 
-HEADERS = ("method", "partition", "lr", "final acc", f"acc, last {TUNE_WINDOW} evals", "macro-F1",
+HEADERS = ("method", "partition", "lr", "final acc", f"acc, last {TUNE_WINDOW} evals",
+           "acc, val-selected", "macro-F1",
            "best acc (round)",
            "trainable params", "MB up/client/round", "reduction vs full", "client GFLOPs/round",
            "wall s")  # fmt: skip
@@ -349,13 +358,14 @@ def markdown(rows: list[dict[str, Any]], target_line: str) -> str:
     for r in rows:
         head = [r["method"], r["partition"], _fmt(r["lr"], "g")]
         if r["error"]:
-            cells = head + [f"FAILED: {r['error']}"] + ["-"] * 7 + [_fmt(r["wall_s"], ".0f")]
+            cells = head + [f"FAILED: {r['error']}"] + ["-"] * 8 + [_fmt(r["wall_s"], ".0f")]
         else:
             one = r["seeds"] == 1 and r["best_accuracy"]  # (several seeds: see their finals)
             best = f"{r['best_accuracy']:.4f} ({r['best_round']})" if one else "-"
             cells = head + [
                 _pm(r, "accuracy"),
                 _pm(r, "window_accuracy"),
+                _pm(r, "selected_accuracy"),
                 _pm(r, "macro_f1"),
                 best,
                 f"{r['trainable_params']:,}",
@@ -388,6 +398,8 @@ def run_grid(args: argparse.Namespace, base: dict[str, Any], runs_root: Path) ->
                     lr, tried = tune_cell(raw, lr, runs_root / "sweeps", args.smoke)
                     raw["method"]["lr"] = lr
                     _progress(f"[{i}/{len(cells)}] tuned lr {lr:g} of {tried}")
+                # the seeds' runs score the held-out rows too: test accuracy at their best round
+                raw["eval"] = {**raw.get("eval", {}), "select": "validation"}
             runs = [run_cell({**raw, "seed": seed}, runs_root / f"{raw['name']}_s{seed}")
                     for seed in seeds_of(args)]  # fmt: skip
             row = row_of(method, partition, lr, runs)

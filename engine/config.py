@@ -132,6 +132,10 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
     # test: the data set's test split; validation: the rows data.validation_fraction holds out.
     split: Literal["test", "validation"] = "test"
+    # Model selection. last: the final evaluation is the result. validation: every evaluation
+    # also scores the held-out rows (data.validation_fraction) as val/*, and summary.json's
+    # `selected` holds the test metrics at the round whose validation score was best.
+    select: Literal["last", "validation"] = "last"
 
 
 class ResourcesConfig(_Section):
@@ -326,6 +330,17 @@ class RunConfig(_Section):
                 "eval.split: validation needs rows to evaluate; set data.validation_fraction "
                 "(e.g. 0.1)"
             )
+        if self.eval.select == "validation":
+            if self.eval.split != "test":
+                raise ValueError(
+                    "eval.select: validation selects a round of the test split by the held-out "
+                    "rows; set eval.split: test (or eval.select: last)"
+                )
+            if self.data.validation_fraction == 0:
+                raise ValueError(
+                    "eval.select: validation needs held-out rows; set data.validation_fraction "
+                    "(e.g. 0.1)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ import numpy as np
 from engine.algorithms import Algorithm, get_algorithm, supporting
 from engine.clock import DeviceProfile, assign_profiles, load_device_profile
 from engine.config import RunConfig
-from engine.data.batching import Encoded, Pixels, encode, eval_batches, take
+from engine.data.batching import Encoded, Pixels, encode, take
 from engine.data.partition import label_histograms, make_partition
 from engine.data.sources import (
     ImageSplits,
@@ -20,6 +20,7 @@ from engine.data.sources import (
     load_text_dataset,
 )
 from engine.errors import ConfigError
+from engine.evalsets import EvalSets, eval_sets
 from engine.methods import get_method
 from engine.model_check import check_model, check_token_ids, client_model_name
 from engine.models import check_model_loadable, is_image_model, load_tokenizer
@@ -34,6 +35,8 @@ class Prepared:
     splits: TextSplits | ImageSplits
     train: Encoded | Pixels
     test: Encoded | Pixels
+    # what the workers evaluate: `test`, then the validation rows under eval.select: validation
+    evals: EvalSets
     parts: list[np.ndarray]  # row indices per client
     histograms: list[list[int]]
     profile: DeviceProfile
@@ -124,6 +127,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     train, test = _encode_splits(cfg, splits, tok)
     if cfg.eval.split == "validation":
         test = take(train, validation_rows)
+    selecting = cfg.eval.select == "validation"
+    evals = eval_sets(test, take(train, validation_rows) if selecting else None)
     if isinstance(train, Encoded):
         largest = max((int(e.ids.max()) for e in (train, test) if len(e.ids)), default=0)
         check_token_ids(client_model_name(cfg), largest, rows)
@@ -137,6 +142,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         splits=splits,
         train=train,
         test=test,
+        evals=evals,
         parts=parts,
         histograms=label_histograms(parts, splits.train_labels, max(splits.num_labels, 1)),
         profile=profile,
@@ -290,9 +296,8 @@ def _named_public_split(cfg: RunConfig, tok) -> tuple[Encoded, np.ndarray]:
     return enc, np.arange(len(enc))
 
 
-def eval_shards(test: Encoded, batch_size: int, num_shards: int) -> list[list[np.ndarray]]:
-    """Fixed eval batches dealt round-robin into shards (batch i goes to shard i % num_shards)."""
-    batches = eval_batches(len(test), test.lengths, batch_size)
+def eval_shards(batches: list[np.ndarray], num_shards: int) -> list[list[np.ndarray]]:
+    """Eval batches dealt round-robin into shards (batch i goes to shard i % num_shards)."""
     return [batches[i::num_shards] for i in range(num_shards) if batches[i::num_shards]]
 
 

@@ -17,13 +17,14 @@ from engine.backend import Backend
 from engine.client import ClientResult, ClientTask
 from engine.clock import DeviceProfile, client_time_s, round_time_s
 from engine.errors import FedRayRuntimeError
+from engine.evalsets import evaluate_sets
 from engine.ledger import Ledger, deserialize_state, serialize_state
 from engine.prepare import Prepared, eval_shards, unshard
 from engine.privacy import dp_aggregate, epsilon
 from engine.strategies import ServerOptimizer
 from engine.strategies.fedavg import FEDAVG
 from engine.summary import DEVICE_PEAK
-from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
+from engine.train import TrainSpec, derive_seed
 
 SAMPLING_STREAM = 1  # seed stream ids keep sampling and training randomness independent
 TRAINING_STREAM = 2
@@ -393,9 +394,14 @@ def round_duration(
 def evaluate_global(
     version: int, blob: bytes, prep: Prepared, backend: Backend, batch_size: int, task: str
 ) -> dict[str, float]:
-    shards = eval_shards(prep.test, batch_size, backend.num_workers)
+    """The global model's eval/* metrics (and val/* under eval.select: validation), its batches
+    dealt round-robin over the workers."""
     t0 = time.perf_counter()
-    sums = merge_eval(unshard(backend.evaluate(version, blob, shards)))
-    metrics = {f"eval/{k}": v for k, v in eval_metrics(sums, task).items()}
+
+    def run(batches: list[np.ndarray]) -> list[dict]:
+        shards = eval_shards(batches, backend.num_workers)
+        return unshard(backend.evaluate(version, blob, shards))
+
+    metrics = evaluate_sets(prep.evals, batch_size, task, run)
     metrics["time/eval_wall_s"] = time.perf_counter() - t0
     return metrics

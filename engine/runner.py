@@ -218,7 +218,7 @@ def _start_clients(cfg: RunConfig, prep: Prepared, alg, backend: Backend) -> tup
     server = NoServer()
     try:
         spec, server = alg.start(cfg, prep, worker_spec(cfg, prep), backend)
-        backend.start(spec, prep.train, prep.test, link=server.link)
+        backend.start(spec, prep.train, prep.evals.data, link=server.link)
     except BaseException:
         _shutdown(backend, server)
         raise

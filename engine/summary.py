@@ -30,6 +30,24 @@ def best_of(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return best
 
 
+def selected_of(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """eval.select: validation: the round with the best validation accuracy (classification) or
+    loss (LM; first one on ties) and the test metrics there; None when nothing was validated."""
+    scored = [rec for rec in history if "val/loss" in rec]
+    if not scored:
+        return None
+    by = "loss" if "val/perplexity" in scored[0] else "accuracy"  # LM: token accuracy is no score
+    sign = -1.0 if by in LOWER_IS_BETTER else 1.0
+    pick = max(scored, key=lambda rec: sign * rec[f"val/{by}"])  # max keeps the first of ties
+    metrics = {k.removeprefix("eval/"): v for k, v in pick.items() if k.startswith("eval/")}
+    return {
+        "by": f"val/{by}",
+        "round": int(pick["round"]),
+        "validation": float(pick[f"val/{by}"]),
+        "metrics": {k: v for k, v in metrics.items() if "wall" not in k},
+    }
+
+
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     for rec in reversed(history):
         found = {k.removeprefix("eval/"): v for k, v in rec.items() if k.startswith("eval/")}
@@ -57,6 +75,8 @@ def build_summary(
         "comm_bytes_by_kind": ledger.bytes_by_kind(),
         "metrics": final_metrics(history),
         "best": best_of(history),
+        # eval.select: validation: the test metrics at the round the validation rows chose
+        "selected": selected_of(history),
         "rounds_completed": len(history),
         "comm_bytes_up": up,
         "comm_bytes_down": down,
@@ -103,6 +123,15 @@ def print_table(cfg, summary: dict, best: dict, run_dir: Path) -> None:
         b = best.get(name)
         extra = f"   (best {b['value']:.4f} @ round {b['round']})" if b else ""
         rows.append((f"eval {name}", f"{value:.4f}{extra}"))
+    chosen = summary.get("selected")
+    if chosen:
+        test = ", ".join(f"{k} {v:.4f}" for k, v in chosen["metrics"].items())
+        rows.append(
+            (
+                "selected on validation",
+                f"round {chosen['round']} ({chosen['by']} {chosen['validation']:.4f}): {test}",
+            )
+        )
     rows += [
         ("rounds", str(summary["rounds_completed"])),
         (
@@ -131,6 +160,8 @@ def print_round(record: dict[str, Any]) -> None:
     msg = f"round {record['round']}: train loss {record['train/loss']:.4f}"
     if "eval/accuracy" in record:
         msg += f", eval accuracy {record['eval/accuracy']:.4f}, eval loss {record['eval/loss']:.4f}"
+    if "val/accuracy" in record:
+        msg += f", validation accuracy {record['val/accuracy']:.4f}"
     n = record.get("clients/completed", 0)
     if n:
         msg += f", {record['comm/bytes_up'] / 1e6:.3f} MB up from {n} clients"

@@ -198,6 +198,8 @@ def reported_metrics(cfg: RunConfig) -> set[str]:
         out |= {"eval/perplexity", "eval/accuracy"}
     else:
         out |= {"eval/accuracy", "eval/macro_f1"}
+    if cfg.eval.select == "validation":  # the held-out rows beside the test split
+        out |= {"val/" + k.removeprefix("eval/") for k in out if k.startswith("eval/")}
     out |= get_algorithm(cfg.algorithm).metrics(cfg)  # e.g. FedPT's proxy-tuned large LM
     return out
 
@@ -211,10 +213,10 @@ def check_metric(sweep: SweepConfig, base: RunConfig) -> None:
 
 
 def reports(cfg: RunConfig, metric: str) -> int:
-    """How many values of `metric` a run of this config reports: an `eval/` metric every
-    `eval.every` rounds and after the last, any other every round."""
+    """How many values of `metric` a run of this config reports: an `eval/` (or `val/`) metric
+    every `eval.every` rounds and after the last, any other every round."""
     rounds, every = cfg.federation.rounds, cfg.eval.every
-    if not metric.startswith("eval/"):
+    if not metric.startswith(("eval/", "val/")):
         return rounds
     return rounds // every + (rounds % every != 0)
 

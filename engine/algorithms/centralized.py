@@ -13,7 +13,7 @@ does: the run's state after round r is its trainable parameters alone, so checkp
 Where it runs. `run_centralized` hands a `CentralJob` of plain values to Ray Train
 (`actors.train_central`, one `TorchTrainer` worker by default). The worker runs `train_rounds`:
 it builds the model through `ClientRuntime` (the federated setup, unchanged), trains round by round,
-evaluates with `evaluate_batches`/`eval_metrics`, and writes each round's record to metrics.jsonl and
+evaluates with `evaluate_sets` (as the federated path does), and writes each round's record to metrics.jsonl and
 its trainable state to checkpoints/ itself, as the round ends, then `ray.train.report`s the record.
 Why the worker writes: records are on disk the moment a round ends (live progress, a crash leaves
 the run resumable), with no dependence on Ray Train V2 returning metrics (`Result.metrics` is None
@@ -38,12 +38,13 @@ from engine.algorithms.base import Algorithm
 from engine.checkpoint import latest_good_checkpoint, save_checkpoint
 from engine.client import ClientRuntime, ClientTask, WorkerSpec, worker_spec
 from engine.clock import DeviceProfile, client_time_s
-from engine.data.batching import Encoded, eval_batches
+from engine.data.batching import Encoded
 from engine.errors import FedRayRuntimeError
+from engine.evalsets import EvalSets, evaluate_sets
 from engine.ledger import Ledger
 from engine.summary import best_of, build_summary, print_round, print_table
 from engine.tracking import Tracker
-from engine.train import TrainSpec, derive_seed, eval_metrics, merge_eval
+from engine.train import TrainSpec, derive_seed
 
 CENTRAL_STREAM = 3  # seed stream of centralized training (fedavg uses 1 and 2)
 CENTRAL_CLIENT = -1  # the client id of the single central trainer in ClientTask
@@ -79,7 +80,7 @@ class CentralJob:
 
     spec: WorkerSpec
     train: Encoded
-    test: Encoded
+    evals: EvalSets  # the test split (and the validation rows under eval.select: validation)
     rows: np.ndarray  # row indices of the union of clients' data
     train_spec: TrainSpec  # per round, from central_spec
     profile: DeviceProfile
@@ -97,12 +98,15 @@ class CentralJob:
     t_start: float = 0.0  # time.time() when the driver started this attempt
 
 
-def evaluate_runtime(runtime: ClientRuntime, version: int, blob: bytes, batch_size: int) -> dict:
-    """Eval metrics of `blob` on the test split, with the batches and sums the federated path uses."""
-    batches = eval_batches(len(runtime.test_data), runtime.test_data.lengths, batch_size)
+def evaluate_runtime(runtime: ClientRuntime, version: int, blob: bytes, job: CentralJob) -> dict:
+    """Eval metrics of `blob`, with the batches and sums the federated path uses."""
     t0 = time.perf_counter()
-    sums = merge_eval(runtime.evaluate(version, blob, batches))
-    out = {f"eval/{k}": v for k, v in eval_metrics(sums, runtime.spec.task).items()}
+    out = evaluate_sets(
+        job.evals,
+        job.eval_batch_size,
+        runtime.spec.task,
+        lambda batches: runtime.evaluate(version, blob, batches),
+    )
     out["time/eval_wall_s"] = time.perf_counter() - t0
     return out
 
@@ -143,7 +147,7 @@ def train_rounds(job: CentralJob, report: Callable[[dict], None]) -> None:
             f"run directory {run_dir} is not visible from the Ray Train worker's node; "
             "put it on a filesystem every node shares (as Ray Train's storage_path must be)"
         )
-    runtime = ClientRuntime(job.spec, job.train, job.test)
+    runtime = ClientRuntime(job.spec, job.train, job.evals.data)
     startup_s = time.time() - job.t_start  # Ray + Ray Train start and the model build
     blob = job.start_blob if job.start_blob is not None else runtime.initial_state()
     virtual = job.virtual0
@@ -151,7 +155,7 @@ def train_rounds(job: CentralJob, report: Callable[[dict], None]) -> None:
         t0 = time.perf_counter()
         blob, record = central_round(runtime, rnd, blob, job)
         if rnd % job.eval_every == 0 or rnd == job.rounds:
-            record.update(evaluate_runtime(runtime, rnd, blob, job.eval_batch_size))
+            record.update(evaluate_runtime(runtime, rnd, blob, job))
         virtual += record["time/round_virtual_s"]
         record["time/virtual_s"] = virtual
         record["time/round_wall_s"] = time.perf_counter() - t0
@@ -179,7 +183,7 @@ def make_job(
     return CentralJob(
         spec=worker_spec(cfg, prep),
         train=prep.train,
-        test=prep.test,
+        evals=prep.evals,
         rows=union_rows(prep.parts),
         train_spec=central_spec(prep.train_spec, cfg.federation.clients_per_round),
         profile=prep.profile,

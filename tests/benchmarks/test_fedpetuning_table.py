@@ -82,10 +82,14 @@ def test_tuned_tables_never_run_the_tuning_seed() -> None:
         bench.parse_args(["--seeds", "0"])
 
 
-def run(acc: float, f1: float, curve: dict[int, float] | None = None) -> dict:
+def run(
+    acc: float, f1: float, curve: dict[int, float] | None = None, chose: int | None = None
+) -> dict:
     """A finished run as harness.run_config returns it; `curve`: its test accuracy by round (the
-    final one only when None)."""
+    final one only when None); `chose`: the round eval.select: validation picked."""
+    picked = None if chose is None else {"round": chose, "metrics": {"accuracy": curve[chose]}}
     summary = {"metrics": {"accuracy": acc, "macro_f1": f1}, "best": {}, "rounds_completed": 8,
+               "selected": picked,
                "trainable_params": 3, "total_params": 9, "bytes_up_per_client_round": 2e6,
                "client_flops_per_round": 4e9, "comm_bytes_total": 10, "wall_s": 7.0}  # fmt: skip
     records = [{"round": r, "eval/accuracy": a} for r, a in (curve or {8: acc}).items()]
@@ -101,20 +105,26 @@ def test_a_cells_row_is_its_seeds_mean_and_std() -> None:
     assert row["wall_s"] == 24.0 and row["run_wall_s"] == 21.0
     assert row["window_accuracy"] is None  # one evaluation: no window
     line = bench.markdown([{**row, "reduction_vs_full": None}], "").splitlines()[2]
-    assert line.startswith("| lora | iid | 0.002 | 0.800 +- 0.100 | - | 0.700 +- 0.100 |")
+    assert line.startswith("| lora | iid | 0.002 | 0.800 +- 0.100 | - | - | 0.700 +- 0.100 |")
 
 
 def test_a_tuned_cells_row_averages_the_last_evaluations_as_tuning_scored() -> None:
     # under label skew the final evaluation can fall back to the majority class
-    runs = [run(0.67, 0.4, {2: 0.6, 4: 0.7, 6: 0.81, 8: 0.67}),
-            run(0.83, 0.8, {2: 0.6, 4: 0.7, 6: 0.79, 8: 0.83})]  # fmt: skip
+    runs = [run(0.67, 0.4, {2: 0.6, 4: 0.7, 6: 0.81, 8: 0.67}, chose=6),
+            run(0.83, 0.8, {2: 0.6, 4: 0.7, 6: 0.79, 8: 0.83}, chose=4)]  # fmt: skip
     row = bench.row_of("full", "dir1.0", 5e-5, runs)
     assert bench.TUNE_WINDOW == 2
     assert row["window_accuracy"] == pytest.approx((0.74 + 0.81) / 2)
     assert row["window_accuracy_std"] == pytest.approx(abs(0.74 - 0.81) / 2**0.5)
     assert row["accuracy_by_round"] == pytest.approx({2: 0.6, 4: 0.7, 6: 0.8, 8: 0.75})
     line = bench.markdown([{**row, "reduction_vs_full": None}], "").splitlines()[2]
-    assert line.startswith("| full | dir1.0 | 5e-05 | 0.750 +- 0.113 | 0.775 +- 0.049 |")
+    # the test accuracy at each seed's validation-chosen round: 0.81 (round 6) and 0.7 (round 4)
+    assert row["selected_accuracy"] == pytest.approx(0.755)
+    assert row["selected_accuracy_std"] == pytest.approx(0.11 / 2**0.5)
+    assert row["selected_round_by_seed"] == [6, 4]
+    assert line.startswith(
+        "| full | dir1.0 | 5e-05 | 0.750 +- 0.113 | 0.775 +- 0.049 | 0.755 +- 0.078 |"
+    )
 
 
 def test_a_grid_stopped_with_ctrl_c_says_how_to_resume_and_writes_no_table(
@@ -132,9 +142,12 @@ def test_a_grid_stopped_with_ctrl_c_says_how_to_resume_and_writes_no_table(
     assert not list(tmp_path.glob("fedpetuning_table*.*"))  # no table of a grid cut short
 
 
-@pytest.mark.parametrize(("flags", "every", "seeds"), [(["--tune"], 2, [1]), ([], 8, [0])])
+@pytest.mark.parametrize(
+    ("flags", "every", "seeds", "select"),
+    [(["--tune"], 2, [1], "validation"), ([], 8, [0], None)],
+)
 def test_tuned_table_runs_evaluate_the_test_split_at_the_rounds_tuning_scored(
-    flags, every, seeds, tmp_path, monkeypatch
+    flags, every, seeds, select, tmp_path, monkeypatch
 ) -> None:
     ran = []
 
@@ -148,4 +161,7 @@ def test_tuned_table_runs_evaluate_the_test_split_at_the_rounds_tuning_scored(
     base, _ = bench.base_config(args)
     rows = bench.run_grid(args, base, tmp_path)
     assert [r["eval"]["every"] for r in ran] == [every] and [r["seed"] for r in ran] == seeds
+    assert [r["eval"].get("select") for r in ran] == [select]  # tuned: select on validation too
+    if select:
+        assert bench.validate_config(ran[0]).eval.select == "validation"  # a config that runs
     assert rows[0]["accuracy"] == 0.8 and rows[0]["error"] is None
