@@ -22,6 +22,7 @@ SUMMARY_KEYS = frozenset(
     {
         "metrics",
         "best",
+        "selected",
         "rounds_completed",
         "comm_bytes_up",
         "comm_bytes_down",
