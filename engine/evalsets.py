@@ -4,6 +4,7 @@ global state scores both and the backends' evaluate call is unchanged."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,9 +56,10 @@ def evaluate_sets(
     task: str,
     run: Callable[[list[np.ndarray]], list[dict]],
 ) -> dict[str, float]:
-    """Every set's metrics under its prefix: `run` evaluates a list of batches (rows of
-    `sets.data`) and returns their sums in that order; each set's sums are merged in batch order,
-    so eval/* is the same number with or without the validation rows beside it."""
+    """Every set's metrics under its prefix, and time/eval_wall_s: `run` evaluates a list of
+    batches (rows of `sets.data`) and returns their sums in that order; each set's sums are merged
+    in batch order, so eval/* is the same number with or without the validation rows beside it."""
+    t0 = time.perf_counter()
     per_set = sets.batches(batch_size)
     sums = run([b for _, batches in per_set for b in batches])
     out: dict[str, float] = {}
@@ -66,4 +68,5 @@ def evaluate_sets(
         merged = merge_eval(sums[first : first + len(batches)])
         out.update({f"{prefix}/{k}": v for k, v in eval_metrics(merged, task).items()})
         first += len(batches)
+    out["time/eval_wall_s"] = time.perf_counter() - t0
     return out

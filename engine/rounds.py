@@ -4,7 +4,6 @@ aggregate through the run's strategy, let the algorithm's server end the round, 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,12 +395,9 @@ def evaluate_global(
 ) -> dict[str, float]:
     """The global model's eval/* metrics (and val/* under eval.select: validation), its batches
     dealt round-robin over the workers."""
-    t0 = time.perf_counter()
 
     def run(batches: list[np.ndarray]) -> list[dict]:
         shards = eval_shards(batches, backend.num_workers)
         return unshard(backend.evaluate(version, blob, shards))
 
-    metrics = evaluate_sets(prep.evals, batch_size, task, run)
-    metrics["time/eval_wall_s"] = time.perf_counter() - t0
-    return metrics
+    return evaluate_sets(prep.evals, batch_size, task, run)
