@@ -399,7 +399,7 @@ def run_grid(args: argparse.Namespace, base: dict[str, Any], runs_root: Path) ->
                     raw["method"]["lr"] = lr
                     _progress(f"[{i}/{len(cells)}] tuned lr {lr:g} of {tried}")
                 # the seeds' runs score the held-out rows too: test accuracy at their best round
-                raw["eval"] = {**raw.get("eval", {}), "select": "validation"}
+                raw.setdefault("eval", {})["select"] = "validation"
             runs = [run_cell({**raw, "seed": seed}, runs_root / f"{raw['name']}_s{seed}")
                     for seed in seeds_of(args)]  # fmt: skip
             row = row_of(method, partition, lr, runs)
