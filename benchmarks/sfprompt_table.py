@@ -152,7 +152,7 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
     tuned: dict[str, dict[str, Any]] = {}
     tried: dict[str, list[float] | None] = {}
     if args.tune:
-        for fam in dict.fromkeys(n.split()[0] for n in names):
+        for fam in dict.fromkeys(family(n) for n in names):
             _progress(f"tuning {fam}: {GRIDS[fam]}")
             sweeps = root / "sweeps"
             tuned[fam], tried[fam] = tune_family(args, fam, common, sweeps)
@@ -171,8 +171,8 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
                 for seed in seeds
             ]
             row = {"name": name, "tuned": params, "seeds": seeds, **_row(runs)}
-            if tried.get(name.split()[0]):
-                row["rates_tried"] = tried[name.split()[0]]
+            if tried.get(family(name)):
+                row["rates_tried"] = tried[family(name)]
             rows.append(row)
         except Exception as exc:  # a failed run is a row; the table goes on
             traceback.print_exc(file=sys.stderr)
@@ -189,12 +189,17 @@ def table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def family(name: str) -> str:
+    """A row's family: the first word of its name, the GRIDS entry --tune chooses its values from."""
+    return name.split()[0]
+
+
 def row_params(name: str, tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The row's family's tuned values, less those of a phase the row switches off (no keep ratio
     without pruning, no local-loss epochs without the local loss)."""
     return {
         k: v
-        for k, v in tuned.get(name.split()[0], {}).items()
+        for k, v in tuned.get(family(name), {}).items()
         if f"{k.split('.')[0]}.enabled=false" not in ROWS[name]
     }
 
