@@ -5,6 +5,8 @@
 Options: --alphas "[0.1, 1.0]" --strategies "[fedavg, fedadam]" --seeds 2 --rounds 8 --set key=value
          --out benchmarks/out --resume benchmarks/out/strategies_STAMP (continue a stopped run with the
          same options: finished sweeps and runs are read back, an interrupted one resumes)
+         --tuned benchmarks/strategies_tuned.yaml (skip the sweeps: run the seeds at the settings of an
+         earlier tuning, its strategies.json or a file of the same rows)
 
 For each Dirichlet alpha and strategy, a `fedray tune` sweep (seed 0) over the client learning rate and the
 strategy's own rate (server_lr, or FedProx's mu) picks the setting whose last two evaluations (rounds 6 and 8)
@@ -76,13 +78,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 2 rounds, 1 seed")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run in DIR")
+    p.add_argument("--tuned", default=None, metavar="FILE", help="settings of an earlier tuning")
     args = p.parse_args(argv)
     args.alphas = [float(a) for a in yaml.safe_load(args.alphas)]
     args.strategies = yaml.safe_load(args.strategies) if args.strategies else list(STRATEGIES)
     unknown = sorted(set(args.strategies) - set(STRATEGIES))
     if unknown or args.seeds < 1 or args.rounds < 1 or not args.alphas:
         p.error(f"--strategies from {STRATEGIES} (unknown: {unknown}); --seeds, --rounds >= 1")
+    if args.tuned is not None:
+        try:
+            args.tuned = read_tuned(Path(args.tuned), args.alphas, args.strategies)
+        except ValueError as exc:
+            p.error(f"--tuned: {exc}")
     return args
+
+
+def read_tuned(
+    path: Path, alphas: list[float], strategies: list[str]
+) -> dict[tuple[float, str], dict[str, Any]]:
+    """(alpha, strategy) -> the tuned overrides, from the rows of a strategies.json (or a YAML file of
+    the same rows: alpha, strategy, tuned); every cell asked for must be there."""
+    try:
+        rows = yaml.safe_load(path.read_text())["rows"]
+        tuned = {(float(r["alpha"]), r["strategy"]): dict(r["tuned"]) for r in rows}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a list of rows with alpha, strategy and tuned ({exc})"
+        ) from None
+    missing = [f"{a:g}/{s}" for a in alphas for s in strategies if (a, s) not in tuned]
+    if missing:
+        raise ValueError(
+            f"{path} has no setting for {', '.join(missing)}; add them or drop --tuned"
+        )
+    return tuned
 
 
 def fixed(args: argparse.Namespace, alpha: float, strategy: str) -> dict[str, Any]:
@@ -116,11 +144,14 @@ def cell(args, alpha: float, strategy: str, out: Path) -> dict[str, Any]:
     name = f"{strategy}_a{alpha:g}"
     base = fixed(args, alpha, strategy)
     t0 = time.perf_counter()
-    grid = space(strategy, args.smoke)
-    params = tune(
-        sweep_file(out / "sweeps", name, BASE_CONFIG, base, grid, TUNE_METRIC, TUNE_WINDOW),
-        out / "sweeps" / name,
-    )
+    if args.tuned is not None:
+        params = args.tuned[(alpha, strategy)]
+    else:
+        grid = space(strategy, args.smoke)
+        params = tune(
+            sweep_file(out / "sweeps", name, BASE_CONFIG, base, grid, TUNE_METRIC, TUNE_WINDOW),
+            out / "sweeps" / name,
+        )
     tune_s = time.perf_counter() - t0
     runs = []
     for seed in table_seeds(1 if args.smoke else args.seeds, tuned=True):

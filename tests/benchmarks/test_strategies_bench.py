@@ -72,3 +72,29 @@ def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as err:
         bench.parse_args(["--strategies", "[fedsgd]"])
     assert err.value.code == 2
+
+
+def test_tuned_settings_replace_the_sweeps_and_every_cell_must_have_one(tmp_path) -> None:
+    shipped = ROOT / "benchmarks" / "strategies_tuned.yaml"
+    args = bench.parse_args(["--tuned", str(shipped)])  # both alphas, every strategy
+    assert args.tuned[(1.0, "fedprox")] == {"train.lr": 0.002, "strategy.mu": 0.1}
+    assert args.tuned[(0.1, "fedadam")] == {"train.lr": 0.0005, "strategy.server_lr": 0.003}
+    for (alpha, strategy), params in args.tuned.items():  # each a point of the strategy's own grid
+        grid = bench.space(strategy)
+        assert set(params) == set(grid) and alpha in (0.1, 1.0)
+        assert all(v in grid[k]["grid"] for k, v in params.items())
+    earlier = tmp_path / "strategies.json"  # an earlier run's output reads back the same way
+    earlier.write_text('{"rows": [{"alpha": 1, "strategy": "fedavg", "tuned": {"train.lr": 0.002},'
+                       ' "accuracy_mean": 0.7}]}')  # fmt: skip
+    args = bench.parse_args(
+        ["--tuned", str(earlier), "--alphas", "[1.0]", "--strategies", "[fedavg]"]
+    )
+    assert args.tuned == {(1.0, "fedavg"): {"train.lr": 0.002}}
+    for argv in (["--alphas", "[0.5]"], ["--alphas", "[1.0]", "--strategies", "[fedadam]"]):
+        with pytest.raises(SystemExit) as err:  # a cell the file has no setting for
+            bench.parse_args(["--tuned", str(earlier), *argv])
+        assert err.value.code == 2
+    earlier.write_text("rows: [{alpha: 1.0}]")
+    with pytest.raises(SystemExit) as err:
+        bench.parse_args(["--tuned", str(earlier)])
+    assert err.value.code == 2
