@@ -28,8 +28,12 @@ ROUNDS = 8
 
 
 def _sweep(tmp_path: Path) -> Path:
+    # Every client task first sleeps 0.3 wall seconds (faults.client_delay_*: no number changes, the
+    # virtual clock ignores it), so seconds of the sweep are left when the test sees round 2's
+    # checkpoint: a test process slowed by a busy machine still signals mid-sweep.
     extra = {"federation.rounds": ROUNDS, "checkpoint.every": 1, "ray.num_cpus": 2,
-             "resources.client_num_cpus": 0.25, "eval.every": 2}  # fmt: skip
+             "resources.client_num_cpus": 0.25, "eval.every": 2,
+             "faults.client_delay_prob": 1.0, "faults.client_delay_s": 0.3}  # fmt: skip
     space = {"train.lr": {"grid": [0.001, 0.003]}}
     return tiny_sweep(tmp_path, ROOT / "configs" / "quickstart.yaml", space, extra, name="resume2")
 
