@@ -6,6 +6,7 @@
 Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
          --direct RUN_DIR / --fedpt RUN_DIR (reuse finished runs of the same config: no training)
          --in-process (no Ray)
+         --seeds N (seeds 0..N-1, each a table under <out>/seed<N>; then mean +- std over the seeds)
          --config configs/fedpt/qwen_pair.yaml (a real pair: curves = distillation off, the other proxy_from)
 
 The config's run writes <out>/fedpt_table_samples.md: greedy samples of the base, the proxy-tuned
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, local_ray, offline  # noqa: E402
+from harness import ROOT, local_ray, mean_std, offline, table_seeds  # noqa: E402
 
 offline()
 
@@ -81,7 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="no runs: plot the curves of these result files into --png")  # fmt: skip
     p.add_argument("--png", default=str(ROOT / "docs" / "img" / "fedpt_curves.png"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    return p.parse_args(argv)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run the table at seeds 0..N-1 (each under <out>/seed<N>) and report "
+                        "mean +- std over them")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds {args.seeds}: give 1 or more seeds")
+    if args.seeds > 1 and (args.direct or args.fedpt):
+        p.error("--seeds N > 1 runs every seed: drop --direct/--fedpt (they reuse one seed's run)")
+    if args.seeds > 1 and any(s.split("=", 1)[0].strip() == "seed" for s in args.set):
+        p.error("--seeds N sets each run's seed: drop --set seed=...")
+    return args
 
 
 def run(
@@ -301,6 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     common += ["wandb.mode=disabled", *args.set]
     stem = "fedpt_table" + ("_smoke" if args.smoke else "")
     out = Path(args.out)
+    if args.seeds == 1:
+        print(table(args, common, stem, out), flush=True)
+        return 0
+    tables = []
+    for seed in table_seeds(args.seeds, tuned=False):
+        print(f"==== seed {seed}", file=sys.stderr, flush=True)
+        table(args, [*common, f"seed={seed}"], stem, out / f"seed{seed}")
+        tables.append(json.loads((out / f"seed{seed}" / f"{stem}.json").read_text()))
+        print(write_seeds(out, stem, seed_summary(tables)), flush=True)
+    return 0
+
+
+def table(args: argparse.Namespace, common: list[str], stem: str, out: Path) -> str:
+    """One seed's table: the direct run, then every FedPT variant; written after every run."""
     root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
     config = Path(args.config)
     base = apply_overrides(read_yaml(config), common)
@@ -338,8 +363,58 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
             write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config)
-    print(write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config), flush=True)
-    return 0
+    return write(out, stem, rows, direct_row, common, time.perf_counter() - t0, config)
+
+
+def _vs_direct(key: str) -> Any:
+    return lambda r, d: r[key] / d[key]
+
+
+# a variant's per-seed figures that the seeds summary averages (device costs vs the direct run's)
+SEED_STATS = {
+    "gap closed": lambda r, d: r.get("gap_closed", math.nan),
+    "proxy / base large ppl": lambda r, d: r["proxy_ppl"] / r["large_base_ppl"],
+    "device bytes vs direct": _vs_direct("bytes_per_client_round"),
+    "device FLOPs vs direct": _vs_direct("flops_per_client_round"),
+    "device peak memory vs direct": _vs_direct("peak_memory_bytes"),
+}
+
+
+def seed_summary(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant (in every seed's table, none failed): each SEED_STATS figure and the gap closed at
+    every alpha, by seed and as mean +- sample std; seeds in the order of `tables`."""
+    names = [r["name"] for r in tables[0]["rows"]]
+    out = []
+    for name in names:
+        pairs = [(next((r for r in t["rows"] if r["name"] == name), None), t["direct"])
+                 for t in tables]  # fmt: skip
+        if any(r is None or "error" in r for r, _ in pairs):
+            continue
+        stats = {k: [f(r, d) for r, d in pairs] for k, f in SEED_STATS.items()}
+        for a in pairs[0][0].get("gap_closed_by_alpha", {}):  # JSON keys: "0.5"
+            stats[f"gap closed, alpha {float(a):g}"] = [
+                r.get("gap_closed_by_alpha", {}).get(a, math.nan) for r, _ in pairs
+            ]
+        out.append({"name": name, "by_seed": stats,
+                    **{k: mean_std(v) for k, v in stats.items()}})  # fmt: skip
+    return out
+
+
+def write_seeds(out: Path, stem: str, summary: list[dict[str, Any]]) -> str:
+    """<out>/<stem>_seeds.{json,md}: one row per variant and figure, seeds in columns."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}_seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
+    n = len(summary[0]["by_seed"]["gap closed"]) if summary else 0
+    lines = ["| run | figure | " + " | ".join(f"seed {s}" for s in range(n)) + " | mean +- std |",
+             "|---|---|" + "---|" * (n + 1)]  # fmt: skip
+    for v in summary:
+        for k, xs in v["by_seed"].items():
+            m, sd = v[k]
+            cells = " | ".join(f"{x:.3f}" for x in xs)
+            lines.append(f"| {v['name']} | {k} | {cells} | {m:.3f} +- {sd:.3f} |")
+    md = "\n".join(lines) + "\n"
+    (out / f"{stem}_seeds.md").write_text(md)
+    return md
 
 
 def side_by_side_samples(fedpt: dict[str, Any], direct: dict[str, Any], path: Path) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,47 @@ def test_the_round_curve_is_the_gap_closed_in_log_perplexity_by_hand() -> None:
     assert gaps == {1.0: pytest.approx(0.5), 0.5: pytest.approx(0.25)}
     md = curve_markdown({"name": "FedPT (config)", "by_round": [point]})
     assert "| 2 | 20.09 | 10.00 | 0.25 (42.5) | 0.50 (33.1) |" in md
+
+
+def _seed_table(gap: float, proxy: float, bytes_up: float) -> dict:
+    row = {"name": "FedPT (config)", "gap_closed": gap, "gap_closed_by_alpha": {"0.5": gap / 2},
+           "proxy_ppl": proxy, "large_base_ppl": 50.0, "bytes_per_client_round": bytes_up,
+           "flops_per_client_round": 3.0, "peak_memory_bytes": 4.0}  # fmt: skip
+    failed = {"name": "proxy_from global", "error": "RuntimeError: out of memory"}
+    direct = {"bytes_per_client_round": 10.0, "flops_per_client_round": 12.0,
+              "peak_memory_bytes": 8.0}  # fmt: skip
+    return {"rows": [row, failed], "direct": direct}
+
+
+def test_the_seeds_summary_is_mean_and_sample_std_by_hand(tmp_path: Path) -> None:
+    from fedpt_table import seed_summary, write_seeds
+
+    tables = [_seed_table(0.2, 40.0, 5.0), _seed_table(0.4, 45.0, 5.0), _seed_table(0.3, 35.0, 5.0)]
+    (v,) = seed_summary(tables)  # the variant that failed on a seed is left out
+    assert v["name"] == "FedPT (config)"
+    assert v["by_seed"]["gap closed"] == [0.2, 0.4, 0.3]
+    assert v["gap closed"] == (pytest.approx(0.3), pytest.approx(0.1))  # sqrt(0.02 / 2)
+    assert v["gap closed, alpha 0.5"] == (pytest.approx(0.15), pytest.approx(0.05))
+    assert v["proxy / base large ppl"] == (pytest.approx(0.8), pytest.approx(0.1))  # 0.8, 0.9, 0.7
+    assert v["device bytes vs direct"] == (pytest.approx(0.5), 0.0)
+    assert v["device FLOPs vs direct"][0] == pytest.approx(0.25)
+    assert v["device peak memory vs direct"][0] == pytest.approx(0.5)
+    md = write_seeds(tmp_path, "fedpt_table", [v])
+    assert "| FedPT (config) | gap closed | 0.200 | 0.400 | 0.300 | 0.300 +- 0.100 |" in md
+    assert (tmp_path / "fedpt_table_seeds.md").read_text() == md
+    assert json.loads((tmp_path / "fedpt_table_seeds.json").read_text())[0]["name"] == v["name"]
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [(["--seeds", "0"], "--seeds 0"),
+     (["--seeds", "3", "--direct", "runs/x"], "--direct"),
+     (["--seeds", "2", "--set", "seed=4"], "seed=")],
+)  # fmt: skip
+def test_bad_seeds_arguments_exit_2_naming_the_flag(argv, field, capsys) -> None:
+    from fedpt_table import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert field in capsys.readouterr().err
