@@ -315,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds == 1:
         print(table(args, common, stem, out), flush=True)
         return 0
-    tables = []
-    for seed in table_seeds(args.seeds, tuned=False):
+    tables, seeds = [], table_seeds(args.seeds, tuned=False)
+    for seed in seeds:
         print(f"==== seed {seed}", file=sys.stderr, flush=True)
         table(args, [*common, f"seed={seed}"], stem, out / f"seed{seed}")
         tables.append(json.loads((out / f"seed{seed}" / f"{stem}.json").read_text()))
-        print(write_seeds(out, stem, seed_summary(tables)), flush=True)
+        print(write_seeds(out, stem, seed_summary(tables), seeds), flush=True)
     return 0
 
 
@@ -400,12 +400,12 @@ def seed_summary(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_seeds(out: Path, stem: str, summary: list[dict[str, Any]]) -> str:
-    """<out>/<stem>_seeds.{json,md}: one row per variant and figure, seeds in columns."""
+def write_seeds(out: Path, stem: str, summary: list[dict[str, Any]], seeds: list[int]) -> str:
+    """<out>/<stem>_seeds.{json,md}: one row per variant and figure, the seeds run so far in columns."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}_seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
     n = len(summary[0]["by_seed"]["gap closed"]) if summary else 0
-    lines = ["| run | figure | " + " | ".join(f"seed {s}" for s in range(n)) + " | mean +- std |",
+    lines = ["| run | figure | " + " | ".join(f"seed {s}" for s in seeds[:n]) + " | mean +- std |",
              "|---|---|" + "---|" * (n + 1)]  # fmt: skip
     for v in summary:
         for k, xs in v["by_seed"].items():

@@ -56,9 +56,9 @@ def test_the_round_curve_is_the_gap_closed_in_log_perplexity_by_hand() -> None:
     assert "| 2 | 20.09 | 10.00 | 0.25 (42.5) | 0.50 (33.1) |" in md
 
 
-def _seed_table(gap: float, proxy: float, bytes_up: float) -> dict:
+def _seed_table(gap: float, proxy: float) -> dict:
     row = {"name": "FedPT (config)", "gap_closed": gap, "gap_closed_by_alpha": {"0.5": gap / 2},
-           "proxy_ppl": proxy, "large_base_ppl": 50.0, "bytes_per_client_round": bytes_up,
+           "proxy_ppl": proxy, "large_base_ppl": 50.0, "bytes_per_client_round": 5.0,
            "flops_per_client_round": 3.0, "peak_memory_bytes": 4.0}  # fmt: skip
     failed = {"name": "proxy_from global", "error": "RuntimeError: out of memory"}
     direct = {"bytes_per_client_round": 10.0, "flops_per_client_round": 12.0,
@@ -69,7 +69,7 @@ def _seed_table(gap: float, proxy: float, bytes_up: float) -> dict:
 def test_the_seeds_summary_is_mean_and_sample_std_by_hand(tmp_path: Path) -> None:
     from fedpt_table import seed_summary, write_seeds
 
-    tables = [_seed_table(0.2, 40.0, 5.0), _seed_table(0.4, 45.0, 5.0), _seed_table(0.3, 35.0, 5.0)]
+    tables = [_seed_table(0.2, 40.0), _seed_table(0.4, 45.0), _seed_table(0.3, 35.0)]
     (v,) = seed_summary(tables)  # the variant that failed on a seed is left out
     assert v["name"] == "FedPT (config)"
     assert v["by_seed"]["gap closed"] == [0.2, 0.4, 0.3]
@@ -79,7 +79,8 @@ def test_the_seeds_summary_is_mean_and_sample_std_by_hand(tmp_path: Path) -> Non
     assert v["device bytes vs direct"] == (pytest.approx(0.5), 0.0)
     assert v["device FLOPs vs direct"][0] == pytest.approx(0.25)
     assert v["device peak memory vs direct"][0] == pytest.approx(0.5)
-    md = write_seeds(tmp_path, "fedpt_table", [v])
+    md = write_seeds(tmp_path, "fedpt_table", [v], [4, 5, 6, 7])  # a fourth seed still to run
+    assert "| run | figure | seed 4 | seed 5 | seed 6 | mean +- std |" in md
     assert "| FedPT (config) | gap closed | 0.200 | 0.400 | 0.300 | 0.300 +- 0.100 |" in md
     assert (tmp_path / "fedpt_table_seeds.md").read_text() == md
     assert json.loads((tmp_path / "fedpt_table_seeds.json").read_text())[0]["name"] == v["name"]
