@@ -9,6 +9,7 @@ import ray
 
 from actors.body_group import RayBodyServer
 from actors.lm_server import FedPTHost, FedPTHostLink
+from actors.placement import server_bundle
 from engine.algorithms.base import RoundServer
 from engine.split.server import ServerSpec
 
@@ -24,7 +25,8 @@ class RayHosting:
         f = cfg.fedpt
         data = (prep.public, prep.public_rows, prep.test, prep.pad_id)
         data_ref = ray.put(data)  # held by `start`: every host (a replacement too) reads it
-        host = FedPTHost.options(num_cpus=f.server_num_cpus, num_gpus=f.server_num_gpus)
+        cpus, gpus = f.server_num_cpus, f.server_num_gpus
+        host = FedPTHost.options(num_cpus=cpus, num_gpus=gpus, **server_bundle(cpus, gpus))
         threads = cfg.resources.torch_threads
         server = FedPTHostLink(
             lambda: host.remote(cfg, data_ref, factory, blackbox, threads),

@@ -34,7 +34,8 @@ def trial_workers(sweep: SweepConfig, cfg: RunConfig) -> int:
 def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     """The placement group: [trial driver, server (if any), one bundle per client worker].
 
-    Client workers come in device groups (actors/groups.py), each bundle its group's request.
+    Client workers come in device groups (actors/groups.py), each bundle its group's request. The
+    run pins its actors to these bundles by this order (actors/placement.py).
     """
     bundles = [{"CPU": sweep.trial.driver_cpus}]
     request = get_algorithm(cfg.algorithm).server(cfg)

@@ -93,11 +93,23 @@ def _restorable(sweep_dir: Path) -> bool:
     return False
 
 
+def search_alg(sweep: SweepConfig, concurrent: int) -> Any:
+    """Tune's variant generator: seeded draws (with a seeds list, every seed of a setting gets the
+    same draw), at most `concurrent` trials at once. The generator holds the cap itself: Tune
+    ignores TuneConfig's max_concurrent_trials for one (with only a log warning)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(
+        max_concurrent=concurrent,
+        constant_grid_search=bool(sweep.seeds),
+        random_state=sweep.seed,
+    )
+
+
 def _run(
     sweep: SweepConfig, base: Any, sweep_dir: Path, address: str | None, restore: bool
 ) -> Path:
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     os.environ["WANDB_MODE"] = sweep.wandb.mode  # Ray's W&B callback reads only the variable
     # Ctrl-C raises here, not in Tune's own handler: that one returns from fit() as if the trials
@@ -133,11 +145,7 @@ def _run(
                     mode=sweep.mode,
                     num_samples=sweep.num_samples,
                     scheduler=_scheduler(sweep),
-                    max_concurrent_trials=concurrent,
-                    # seeded draws; with a seeds list, every seed of a setting gets the same draw
-                    search_alg=BasicVariantGenerator(
-                        constant_grid_search=bool(sweep.seeds), random_state=sweep.seed
-                    ),
+                    search_alg=search_alg(sweep, concurrent),
                     trial_dirname_creator=lambda t: t.trial_id,
                 ),
                 run_config=tune.RunConfig(

@@ -10,7 +10,7 @@ import yaml
 from engine.errors import ConfigError
 from tuning.sweep import axes, grid_size, load_sweep, reported_metrics, with_seeds
 from tuning.trial import trial_bundles
-from tuning.tune import check_fits
+from tuning.tune import check_fits, search_alg
 
 ROOT = Path(__file__).resolve().parents[2]
 SFPROMPT = ROOT / "configs" / "sfprompt" / "amazon_reviews.yaml"
@@ -145,6 +145,23 @@ def test_reported_metrics_follow_the_task() -> None:
     names = reported_metrics(base)
     assert {"eval/accuracy", "eval/macro_f1", "comm/bytes_total_cum"} <= names
     assert "eval/perplexity" not in names
+
+
+def _noop(config: dict) -> None:
+    pass
+
+
+def test_the_generator_starts_no_more_trials_than_the_cap(tmp_path: Path) -> None:
+    # Tune ignores TuneConfig's max_concurrent_trials for a variant generator: the cap is its own
+    from ray import tune
+
+    sweep, _ = load_sweep(sweep_file(tmp_path, max_concurrent_trials=1))
+    alg = search_alg(sweep, 1)
+    alg.add_configurations({"t": {"run": _noop, "config": {"x": tune.grid_search([1, 2, 3])}}})
+    first = alg.next_trial()
+    assert first is not None and alg.next_trial() is None  # one live trial: the second waits
+    alg.on_trial_complete(first.trial_id)
+    assert alg.next_trial() is not None
 
 
 def test_every_shipped_sweep_file_loads() -> None:
