@@ -155,7 +155,7 @@ def test_the_generator_starts_no_more_trials_than_the_cap(tmp_path: Path) -> Non
     # Tune ignores TuneConfig's max_concurrent_trials for a variant generator: the cap is its own
     from ray import tune
 
-    sweep, _ = load_sweep(sweep_file(tmp_path, max_concurrent_trials=1))
+    sweep, _ = load_sweep(sweep_file(tmp_path))  # the cap is search_alg's argument
     alg = search_alg(sweep, 1)
     alg.add_configurations({"t": {"run": _noop, "config": {"x": tune.grid_search([1, 2, 3])}}})
     first = alg.next_trial()
