@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.algorithms.base import ServerRequest
+
 SERVER_BUNDLE = 1  # after the trial driver's bundle 0
 
 
@@ -35,7 +37,8 @@ def server_bundle(num_cpus: float, num_gpus: float) -> dict[str, Any]:
     """Actor options for the algorithm's server: its own bundle, which a trial reserves only for a
     server that asks for resources (one that asks for none fits anywhere)."""
     pg = _current()
-    return _pinned(pg, SERVER_BUNDLE) if pg is not None and (num_cpus or num_gpus) else {}
+    reserved = ServerRequest(num_cpus, num_gpus).bundle()  # as tuning/trial.py reserved it
+    return _pinned(pg, SERVER_BUNDLE) if pg is not None and reserved else {}
 
 
 def worker_bundle(slot: int, num_workers: int) -> dict[str, Any]:

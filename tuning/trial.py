@@ -38,10 +38,9 @@ def trial_bundles(sweep: SweepConfig, cfg: RunConfig) -> list[dict[str, float]]:
     run pins its actors to these bundles by this order (actors/placement.py).
     """
     bundles = [{"CPU": sweep.trial.driver_cpus}]
-    request = get_algorithm(cfg.algorithm).server(cfg)
-    server = {"CPU": request.num_cpus, "GPU": request.num_gpus}
-    if any(server.values()):
-        bundles.append({k: v for k, v in server.items() if v})
+    server = get_algorithm(cfg.algorithm).server(cfg).bundle()
+    if server:
+        bundles.append(server)
     profiles = assign_profiles(
         cfg.devices.mix, cfg.resources.device_profile, cfg.federation.num_clients, cfg.seed
     )

@@ -90,6 +90,11 @@ class ServerRequest(NamedTuple):
     num_gpus: float = 0.0
     gpus_key: str = "server.num_gpus"
 
+    def bundle(self) -> dict[str, float]:
+        """Its bundle in a Tune trial's placement group; empty for a server that asks for no
+        resources (it fits anywhere, so the trial reserves none for it)."""
+        return {k: v for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if v}
+
 
 # (cfg, prepared inputs, the clients' WorkerSpec, backend) -> (the clients' spec, its server)
 StartServer = Callable[[Any, Any, Any, Any], tuple[Any, RoundServer]]

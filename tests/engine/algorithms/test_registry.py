@@ -80,3 +80,12 @@ def test_what_a_record_turns_off_is_refused_with_who_supports_it(config, extra, 
     with pytest.raises(ConfigError) as err:
         prepare(cfg)
     assert err.value.key == key and words in err.value.message
+
+
+def test_a_server_reserves_a_trial_bundle_only_when_it_asks_for_resources() -> None:
+    from engine.algorithms.base import ServerRequest
+
+    assert ServerRequest().bundle() == {}  # fits anywhere: tuning/trial.py reserves nothing
+    assert ServerRequest(0.5).bundle() == {"CPU": 0.5}
+    assert ServerRequest(0.0, 0.25).bundle() == {"GPU": 0.25}
+    assert ServerRequest(2.0, 1.0, "fedpt.server_num_gpus").bundle() == {"CPU": 2.0, "GPU": 1.0}
