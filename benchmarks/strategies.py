@@ -40,6 +40,7 @@ from harness import (  # noqa: E402
     as_overrides,
     mean_std,
     offline,
+    pm,
     resume_hint,
     run_experiment,
     sweep_file,
@@ -197,8 +198,8 @@ def markdown(rows: list[dict]) -> str:
         tuned = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in row["tuned"].items())
         accs = [f"{row['accuracy_by_round'].get(r, float('nan')):.3f}" for r in rounds]
         out.append("| " + " | ".join([f"{row['alpha']:g}", row["strategy"], tuned,
-                   f"{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}",
-                   f"{row['macro_f1_mean']:.3f} +- {row['macro_f1_std']:.3f}", *accs,
+                   pm(row["accuracy_mean"], row["accuracy_std"], row["seeds"]),
+                   pm(row["macro_f1_mean"], row["macro_f1_std"], row["seeds"]), *accs,
                    f"{row['mb_up_per_client_round']:.2f}"]) + " |")  # fmt: skip
     return "\n".join(out) + "\n"
 
