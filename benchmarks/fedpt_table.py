@@ -4,7 +4,9 @@
     Curves too (longer):          .venv/bin/python benchmarks/fedpt_table.py --curves
     Machinery check (~2 min):     .venv/bin/python benchmarks/fedpt_table.py --smoke
 Options: --rounds N --set key=value (every FedPT run) --out benchmarks/out
-         --direct RUN_DIR / --fedpt RUN_DIR (reuse finished runs of the same config: no training)
+         --direct-set key=value (the direct run only, e.g. its own tuned train.lr)
+         --direct RUN_DIR / --fedpt RUN_DIR (reuse finished runs of the same config: no training;
+             with --seeds N, give each N times, in seed order)
          --in-process (no Ray)
          --seeds N (seeds 0..N-1, each a table under <out>/seed<N>; then mean +- std over the seeds)
          --config configs/fedpt/qwen_pair.yaml (a real pair: curves = distillation off, the other proxy_from)
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, local_ray, mean_std, offline, table_seeds  # noqa: E402
+from harness import ROOT, local_ray, mean_std, offline, pm, table_seeds  # noqa: E402
 
 offline()
 
@@ -73,9 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(BASE_CONFIG), help="the FedPT experiment (e.g. "
                    "configs/fedpt/qwen_pair.yaml: a real pair, no emulator curves)")  # fmt: skip
     p.add_argument("--alphas", default=ALPHAS, help="proxy strengths evaluated in every run")
-    p.add_argument("--direct", default=None, metavar="RUN_DIR", help="reuse this direct run")
-    p.add_argument("--fedpt", default=None, metavar="RUN_DIR",
-                   help="reuse this finished run of the config (its row, curve and samples)")  # fmt: skip
+    p.add_argument("--direct-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of the direct run only (after --set), e.g. its tuned "
+                        "train.lr")  # fmt: skip
+    p.add_argument("--direct", action="append", default=[], metavar="RUN_DIR",
+                   help="reuse this direct run (once per seed with --seeds N)")  # fmt: skip
+    p.add_argument("--fedpt", action="append", default=[], metavar="RUN_DIR",
+                   help="reuse this finished run of the config (its row, curve and samples; "
+                        "once per seed with --seeds N)")  # fmt: skip
     p.add_argument("--in-process", action="store_true", help="LocalBackend: no Ray actors")
     p.add_argument("--only", nargs="+", default=None, help="run only variants whose name has one")
     p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
@@ -88,8 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: give 1 or more seeds")
-    if args.seeds > 1 and (args.direct or args.fedpt):
-        p.error("--seeds N > 1 runs every seed: drop --direct/--fedpt (they reuse one seed's run)")
+    for flag, dirs in (("--direct", args.direct), ("--fedpt", args.fedpt)):
+        if dirs and len(dirs) != args.seeds:
+            p.error(f"{flag} given {len(dirs)} times for {args.seeds} seed(s): give it once per "
+                    "seed, in seed order, or not at all")  # fmt: skip
+    for kv in args.direct_set:
+        if "=" not in kv or kv.split("=", 1)[0].strip() in ("", "seed"):
+            p.error(f"--direct-set {kv}: give KEY=VALUE for a key other than seed "
+                    "(the direct run shares the table's seed)")  # fmt: skip
     if args.seeds > 1 and any(s.split("=", 1)[0].strip() == "seed" for s in args.set):
         p.error("--seeds N sets each run's seed: drop --set seed=...")
     return args
@@ -313,34 +326,42 @@ def main(argv: list[str] | None = None) -> int:
     stem = "fedpt_table" + ("_smoke" if args.smoke else "")
     out = Path(args.out)
     if args.seeds == 1:
-        print(table(args, common, stem, out), flush=True)
+        print(table(args, common, stem, out, *_reused(args, 0)), flush=True)
         return 0
     tables, seeds = [], table_seeds(args.seeds, tuned=False)
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         print(f"==== seed {seed}", file=sys.stderr, flush=True)
-        table(args, [*common, f"seed={seed}"], stem, out / f"seed{seed}")
+        table(args, [*common, f"seed={seed}"], stem, out / f"seed{seed}", *_reused(args, i))
         tables.append(json.loads((out / f"seed{seed}" / f"{stem}.json").read_text()))
         print(write_seeds(out, stem, seed_summary(tables), seeds), flush=True)
     return 0
 
 
-def table(args: argparse.Namespace, common: list[str], stem: str, out: Path) -> str:
+def _reused(args: argparse.Namespace, i: int) -> tuple[Path | None, Path | None]:
+    """The i-th seed's finished direct and FedPT runs to reuse (None: run it)."""
+    direct, fedpt = (Path(d[i]) if d else None for d in (args.direct, args.fedpt))
+    return direct, fedpt
+
+
+def table(args: argparse.Namespace, common: list[str], stem: str, out: Path,
+          reuse_direct: Path | None = None, reuse_fedpt: Path | None = None) -> str:  # fmt: skip
     """One seed's table: the direct run, then every FedPT variant; written after every run."""
     root = out / f"{stem}_runs" / time.strftime("%Y%m%d-%H%M%S")
     config = Path(args.config)
     base = apply_overrides(read_yaml(config), common)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    direct_overrides = [*common, *DIRECT, *args.direct_set]
     with contextlib.nullcontext() if args.in_process else local_ray(None):
-        if args.direct:
-            direct = reuse_run(config, Path(args.direct), [*common, *DIRECT], "--direct")
+        if reuse_direct:
+            direct = reuse_run(config, reuse_direct, direct_overrides, "--direct")
         else:
             print("== direct federated LoRA of the large LM", file=sys.stderr, flush=True)
-            direct = run(config, [*common, *DIRECT], root / "direct", args.in_process)
+            direct = run(config, direct_overrides, root / "direct", args.in_process)
         d_last = [r for r in direct["records"] if "eval/perplexity" in r][-1]
         direct_row = {"name": "direct fed-LoRA large", "direct_ppl": d_last["eval/perplexity"],
                       "wall_s": direct["wall_s"], "run_dir": direct["run_dir"],
-                      **device_costs(direct)}  # fmt: skip
+                      "overrides": args.direct_set, **device_costs(direct)}  # fmt: skip
         direct_loss = math.log(d_last["eval/perplexity"])
         chosen = [(n, ov) for n, ov in variants(args.curves, base)
                   if args.only is None or any(o in n for o in args.only)]  # fmt: skip
@@ -348,8 +369,8 @@ def table(args: argparse.Namespace, common: list[str], stem: str, out: Path) -> 
             print(f"== {name}", file=sys.stderr, flush=True)
             overrides = [*common, f"fedpt.eval_alphas={args.alphas}", *extra]
             try:
-                if args.fedpt and not extra:
-                    res = reuse_run(config, Path(args.fedpt), overrides, "--fedpt")
+                if reuse_fedpt and not extra:
+                    res = reuse_run(config, reuse_fedpt, overrides, "--fedpt")
                 else:
                     res = run(config, overrides, root / name.replace(" ", "_"), args.in_process)
                 rows.append({**fedpt_row(name, res, direct_loss), "overrides": extra,
@@ -411,7 +432,7 @@ def write_seeds(out: Path, stem: str, summary: list[dict[str, Any]], seeds: list
         for k, xs in v["by_seed"].items():
             m, sd = v[k]
             cells = " | ".join(f"{x:.3f}" for x in xs)
-            lines.append(f"| {v['name']} | {k} | {cells} | {m:.3f} +- {sd:.3f} |")
+            lines.append(f"| {v['name']} | {k} | {cells} | {pm(m, sd, len(xs))} |")
     md = "\n".join(lines) + "\n"
     (out / f"{stem}_seeds.md").write_text(md)
     return md
@@ -450,6 +471,8 @@ def write(out: Path, stem: str, rows: list, direct_row: dict, common: list, wall
     """The table so far (after every run: a long sweep keeps what it measured)."""
     md = markdown(rows, direct_row) + "".join(curve_markdown(r) for r in rows if "by_round" in r)
     md += f"\ntotal wall time {wall:.0f} s; base {config.name} {' '.join(common)}\n"
+    if direct_row.get("overrides"):
+        md += f"direct run also: {' '.join(direct_row['overrides'])}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "direct": direct_row,
                                                   "overrides": common}, indent=1) + "\n")  # fmt: skip

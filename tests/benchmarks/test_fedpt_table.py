@@ -89,7 +89,10 @@ def test_the_seeds_summary_is_mean_and_sample_std_by_hand(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "argv, field",
     [(["--seeds", "0"], "--seeds 0"),
-     (["--seeds", "3", "--direct", "runs/x"], "--direct"),
+     (["--seeds", "3", "--direct", "runs/x"], "--direct given 1 times for 3 seed(s)"),
+     (["--fedpt", "runs/a", "--fedpt", "runs/b"], "--fedpt given 2 times for 1 seed(s)"),
+     (["--direct-set", "seed=4"], "--direct-set seed=4"),
+     (["--direct-set", "train.lr"], "--direct-set train.lr"),
      (["--seeds", "2", "--set", "seed=4"], "seed=")],
 )  # fmt: skip
 def test_bad_seeds_arguments_exit_2_naming_the_flag(argv, field, capsys) -> None:
@@ -99,3 +102,36 @@ def test_bad_seeds_arguments_exit_2_naming_the_flag(argv, field, capsys) -> None
         parse_args(argv)
     assert exc.value.code == 2
     assert field in capsys.readouterr().err
+
+
+def _finished_run(run_dir: Path, overrides: list[str]) -> Path:
+    """A run folder as start_run leaves it: its config and one evaluated round."""
+    from engine.config import apply_overrides, dump_config, validate_config
+
+    cfg = validate_config(apply_overrides(read_yaml(ROOT / "configs" / "fedpt" / "qwen_pair.yaml"),
+                                          overrides))  # fmt: skip
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / "metrics.jsonl").write_text(json.dumps(
+        {"round": 3, "eval/perplexity": 30.0, "time/wall_s": 12.5}) + "\n")  # fmt: skip
+    (run_dir / "clients.jsonl").write_text("")
+    (run_dir / "summary.json").write_text("{}")
+    return run_dir
+
+
+def test_direct_set_reaches_the_direct_run_only_and_reuse_checks_it(tmp_path: Path) -> None:
+    from fedpt_table import DIRECT, _reused, parse_args, reuse_run
+
+    args = parse_args(["--seeds", "2", "--direct-set", "train.lr=0.0015",
+                       "--direct", "d0", "--direct", "d1"])  # fmt: skip
+    assert [_reused(args, i) for i in (0, 1)] == [(Path("d0"), None), (Path("d1"), None)]
+    config = ROOT / "configs" / "fedpt" / "qwen_pair.yaml"
+    common = ["wandb.mode=disabled", "seed=1"]
+    tuned = _finished_run(tmp_path / "tuned", [*common, *DIRECT, "train.lr=0.0015"])
+    res = reuse_run(config, tuned, [*common, *DIRECT, *args.direct_set], "--direct")
+    assert res["wall_s"] == 12.5 and res["run_dir"] == str(tuned)
+    with pytest.raises(SystemExit, match="--direct .*tuned: its config differs"):
+        reuse_run(config, tuned, [*common, *DIRECT], "--direct")  # the run at the configured lr
+    with pytest.raises(SystemExit, match="its config differs"):  # another seed's run
+        reuse_run(config, tuned, ["wandb.mode=disabled", "seed=0", *DIRECT, "train.lr=0.0015"],
+                  "--direct")  # fmt: skip
