@@ -10,7 +10,7 @@ import torch
 from ray.exceptions import GetTimeoutError
 
 from actors.body_server import BodyServer, ServerLink, wait_ready
-from actors.placement import server_bundle
+from actors.placement import server_placement
 from engine.checkpoint import merge_state, split_state
 from engine.errors import FedRayRuntimeError
 from engine.split.server import ServerLost, ServerSpec, server_lost
@@ -38,7 +38,7 @@ class RayBodyServer:
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             max_restarts=MAX_RESTARTS,
-            **server_bundle(num_cpus, num_gpus),
+            **server_placement(num_cpus, num_gpus),
         ).remote(factory, spec, torch_threads)
         self.link = ServerLink(self.handle, timeout_s)
         self.info = self._get(self.handle.ready.remote(), "starting the body server")

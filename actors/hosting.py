@@ -9,7 +9,7 @@ import ray
 
 from actors.body_group import RayBodyServer
 from actors.lm_server import FedPTHost, FedPTHostLink
-from actors.placement import server_bundle
+from actors.placement import server_placement
 from engine.algorithms.base import RoundServer
 from engine.split.server import ServerSpec
 
@@ -26,7 +26,7 @@ class RayHosting:
         data = (prep.public, prep.public_rows, prep.test, prep.pad_id)
         data_ref = ray.put(data)  # held by `start`: every host (a replacement too) reads it
         cpus, gpus = f.server_num_cpus, f.server_num_gpus
-        host = FedPTHost.options(num_cpus=cpus, num_gpus=gpus, **server_bundle(cpus, gpus))
+        host = FedPTHost.options(num_cpus=cpus, num_gpus=gpus, **server_placement(cpus, gpus))
         threads = cfg.resources.torch_threads
         server = FedPTHostLink(
             lambda: host.remote(cfg, data_ref, factory, blackbox, threads),

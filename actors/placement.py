@@ -33,7 +33,7 @@ def _pinned(pg: Any, index: int) -> dict[str, Any]:
     return {"scheduling_strategy": strategy}
 
 
-def server_bundle(num_cpus: float, num_gpus: float) -> dict[str, Any]:
+def server_placement(num_cpus: float, num_gpus: float) -> dict[str, Any]:
     """Actor options for the algorithm's server: its own bundle, which a trial reserves only for a
     server that asks for resources (one that asks for none fits anywhere)."""
     pg = _current()
@@ -41,7 +41,7 @@ def server_bundle(num_cpus: float, num_gpus: float) -> dict[str, Any]:
     return _pinned(pg, SERVER_BUNDLE) if pg is not None and reserved else {}
 
 
-def worker_bundle(slot: int, num_workers: int) -> dict[str, Any]:
+def worker_placement(slot: int, num_workers: int) -> dict[str, Any]:
     """Actor options for client worker `slot` of `num_workers`: the workers' bundles come last, in
     slot order (group by group, as actors/pool.py numbers its slots)."""
     pg = _current()

@@ -19,7 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from actors.gpu_share import GpuShare, measure_share
 from actors.groups import WorkerGroup
 from actors.hosting import RayHosting
-from actors.placement import worker_bundle
+from actors.placement import worker_placement
 from actors.worker import ClientWorker
 from engine.backend import OnResult
 from engine.client import ClientResult, ClientTask, WorkerSpec
@@ -85,7 +85,7 @@ class RayBackend:
             print(self.gpu_share.describe(), file=sys.stderr)
         options = [grp.resources.ray_options() for grp in self.groups]
         self._new_worker = lambda w: ClientWorker.options(
-            **options[self.slot_group[w]], **worker_bundle(w, self.num_workers)
+            **options[self.slot_group[w]], **worker_placement(w, self.num_workers)
         ).remote(spec, train_ref, test_ref, link)
         self.workers = [self._new_worker(w) for w in range(self.num_workers)]
         infos = self._get([w.ready.remote() for w in self.workers], "starting client workers")

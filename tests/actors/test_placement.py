@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.placement import server_bundle, worker_bundle
+from actors.placement import server_placement, worker_placement
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -48,8 +48,8 @@ def test_a_server_smaller_than_a_worker_leaves_the_worker_its_bundle() -> None:
     def trial() -> list[int]:
         # the server first, as FedPT and SFPrompt start it: unpinned, Ray may put its 0.5 CPU in
         # the worker's 1-CPU bundle and the worker then waits for ever
-        server = _probe(0.5).options(**server_bundle(0.5, 0)).remote()
-        worker = _probe(1.0).options(**worker_bundle(0, 1)).remote()
+        server = _probe(0.5).options(**server_placement(0.5, 0)).remote()
+        worker = _probe(1.0).options(**worker_placement(0, 1)).remote()
         return ray.get([server.bundle.remote(), worker.bundle.remote()], timeout=60)
 
     assert _in_group([{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 1.0}], trial) == [1, 2]
@@ -60,13 +60,13 @@ def test_workers_take_the_last_bundles_in_slot_order() -> None:
 
     def trial() -> list[int]:
         # no server bundle: two workers after the driver's; a server asking for nothing is not pinned
-        assert server_bundle(0, 0) == {}
-        workers = [_probe(0.25).options(**worker_bundle(w, 2)).remote() for w in (1, 0)]
+        assert server_placement(0, 0) == {}
+        workers = [_probe(0.25).options(**worker_placement(w, 2)).remote() for w in (1, 0)]
         return ray.get([w.bundle.remote() for w in workers], timeout=60)
 
     assert _in_group([{"CPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}], trial) == [2, 1]
 
 
 def test_outside_a_placement_group_ray_schedules_as_before() -> None:
-    assert server_bundle(0.5, 0) == {}
-    assert worker_bundle(0, 4) == {}
+    assert server_placement(0.5, 0) == {}
+    assert worker_placement(0, 4) == {}
